@@ -1,0 +1,286 @@
+"""Datasets for zero-shot evaluation: CLIP_benchmark wds shards (plain or gzip, local or HTTP) and ImageFolder.
+
+Names: `wds/NAME` resolves to `<data root>/wds_NAME/<split>/` (the data root comes from `--data-root`, else
+`$QCLIP_DATA_ROOT`, else the public CLIP_benchmark location, whose shards are fetched into the user cache);
+`imagefolder:PATH` (or a plain folder path) reads a torchvision ImageFolder tree.
+"""
+
+from __future__ import annotations
+
+import bz2
+import contextlib
+import gzip
+import io
+import lzma
+import os
+import tarfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset, get_worker_info
+
+from .download import fetch, is_url
+from .errors import DataError
+from .paths import REMOTE_DATA_ROOT, cache_dir, resolve_data_root
+
+__all__ = [
+    "DatasetSpec", "WdsSample", "resolve_dataset", "iter_wds_samples", "WdsImageDataset", "make_dataset",
+    "make_loader", "DEFAULT_TEMPLATES",
+]
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "ppm", "bmp")
+#: Fallback prompts for an ImageFolder without a templates file.
+DEFAULT_TEMPLATES = ("a photo of a {c}.", "a blurry photo of a {c}.", "a photo of the large {c}.",
+                     "a photo of the small {c}.", "a good photo of a {c}.")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A resolved dataset: where its samples are and how to name its classes."""
+
+    name: str
+    kind: str  # "wds" or "imagefolder"
+    split: str
+    shards: tuple[str, ...]  # local shard paths (wds) or the folder (imagefolder)
+    classnames: tuple[str, ...]
+    templates: tuple[str, ...]
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return len(self.classnames)
+
+
+@dataclass
+class WdsSample:
+    """One wds sample: its key, raw image bytes with extension, class index and optional caption."""
+
+    key: str
+    image: bytes | None = None
+    image_ext: str | None = None
+    label: int | None = None
+    text: str | None = None
+
+
+def _wds_base(root: str, short: str) -> str:
+    """Return the folder (or URL) of dataset `short` under `root`."""
+    if "{name}" in root or "{dataset}" in root:
+        return root.replace("{name}", short).replace("{dataset}", short)
+    if root.rstrip("/") == REMOTE_DATA_ROOT:
+        return f"{REMOTE_DATA_ROOT}/wds_{short}/resolve/main"
+    return f"{root.rstrip('/')}/wds_{short}"
+
+
+def _read_meta(base: str, rel: str, short: str, *, required: bool) -> str | None:
+    """Read a small text file of a wds dataset, fetching it into the cache when `base` is a URL."""
+    if is_url(base):
+        try:
+            path = fetch(f"{base}/{rel}", cache_dir("data", f"wds_{short}") / rel, progress=False)
+        except DataError:
+            if required:
+                raise
+            return None
+    else:
+        path = Path(base, rel)
+        if not path.is_file():
+            if required:
+                raise DataError(f"missing {path} (is the data root right? set --data-root or QCLIP_DATA_ROOT)")
+            return None
+    return Path(path).read_text(encoding="utf-8")
+
+
+def _lines(text: str | None) -> tuple[str, ...]:
+    return tuple(ln.strip() for ln in (text or "").splitlines() if ln.strip())
+
+
+def resolve_dataset(name: str, data_root: str | os.PathLike | None = None, split: str = "test") -> DatasetSpec:
+    """Resolve `wds/NAME`, `imagefolder:PATH` or a folder path into a `DatasetSpec` (remote shards are fetched)."""
+    if name.startswith("wds/"):
+        return _resolve_wds(name, resolve_data_root(data_root), split)
+    path = name[len("imagefolder:"):] if name.startswith("imagefolder:") else name
+    if os.path.isdir(path):
+        return _resolve_imagefolder(name, Path(path), split)
+    raise DataError(f"unknown dataset '{name}': use wds/NAME (under the data root) or imagefolder:PATH")
+
+
+def _resolve_wds(name: str, root: str, split: str) -> DatasetSpec:
+    short = name[len("wds/"):]
+    if not short or "/" in short:
+        raise DataError(f"bad dataset name '{name}': expected wds/NAME")
+    base = _wds_base(root, short)
+    if not is_url(base) and not os.path.isdir(base):
+        raise DataError(f"dataset '{name}' not found: no folder {base} (set --data-root or QCLIP_DATA_ROOT)")
+    nshards_text = _read_meta(base, f"{split}/nshards.txt", short, required=True)
+    try:
+        nshards = int(nshards_text.strip())
+    except ValueError:
+        raise DataError(f"bad {base}/{split}/nshards.txt: {nshards_text[:40]!r} is not a shard count") from None
+    classnames = _lines(_read_meta(base, "classnames.txt", short, required=True))
+    templates = _lines(_read_meta(base, "zeroshot_classification_templates.txt", short, required=False))
+    if is_url(base):
+        shard_dir = cache_dir("data", f"wds_{short}", split)
+        shards = tuple(str(fetch(f"{base}/{split}/{i}.tar", shard_dir / f"{i}.tar")) for i in range(nshards))
+    else:
+        shards = tuple(os.path.join(base, split, f"{i}.tar") for i in range(nshards))
+        for shard in shards:
+            if not os.path.isfile(shard):
+                raise DataError(f"missing shard {shard} (nshards.txt says {nshards})")
+    return DatasetSpec(name, "wds", split, shards, classnames, templates or DEFAULT_TEMPLATES)
+
+
+def _resolve_imagefolder(name: str, folder: Path, split: str) -> DatasetSpec:
+    if (folder / split).is_dir():
+        folder = folder / split
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
+    if not classes:
+        raise DataError(f"image folder {folder} has no class sub-folders")
+    names_file = next((p for p in (folder / "classnames.txt", folder.parent / "classnames.txt") if p.is_file()), None)
+    classnames = _lines(names_file.read_text()) if names_file else tuple(c.replace("_", " ") for c in classes)
+    if len(classnames) != len(classes):
+        raise DataError(f"{names_file} lists {len(classnames)} names but {folder} has {len(classes)} class folders")
+    tfile = next((p for p in (folder / "zeroshot_classification_templates.txt",
+                              folder.parent / "zeroshot_classification_templates.txt") if p.is_file()), None)
+    templates = _lines(tfile.read_text()) if tfile else DEFAULT_TEMPLATES
+    return DatasetSpec(name, "imagefolder", split, (str(folder),), classnames, templates)
+
+
+_MAGIC = ((b"\x1f\x8b", lambda f: gzip.GzipFile(fileobj=f, mode="rb")), (b"BZh", bz2.BZ2File),
+          (b"\xfd7zXZ\x00", lzma.LZMAFile))
+
+
+@contextlib.contextmanager
+def _open_shard(shard: str):
+    """Open a shard as a decompressed byte stream (a context manager that closes the file too).
+
+    Compression is detected from the magic bytes, and Python's decompressors raise `EOFError` on a truncated
+    stream (tarfile's own stream reader stops silently there). A plain tar must end with a zero block.
+    """
+    with open(shard, "rb") as raw:
+        head = raw.read(6)
+        raw.seek(0)
+        for magic, opener in _MAGIC:
+            if head.startswith(magic):
+                with opener(raw) as stream:
+                    yield stream
+                return
+        size = raw.seek(0, os.SEEK_END)
+        tail = b""
+        if size >= tarfile.BLOCKSIZE:
+            raw.seek(size - tarfile.BLOCKSIZE)
+            tail = raw.read(tarfile.BLOCKSIZE)
+        raw.seek(0)
+        if tail.count(0) != tarfile.BLOCKSIZE:
+            raise DataError(f"corrupt shard {shard}: truncated (no end-of-archive block)")
+        yield raw
+
+
+def iter_wds_samples(shard: str) -> Iterator[WdsSample]:
+    """Stream the samples of one shard front to back (plain, gzip, bz2 or xz tar); errors name the shard."""
+    current: WdsSample | None = None
+    try:
+        with _open_shard(shard) as stream, tarfile.open(fileobj=stream, mode="r|*") as tf:
+            for member in tf:
+                if not member.isfile():
+                    continue
+                head, _, base = member.name.rpartition("/")
+                stem, dot, ext = base.partition(".")
+                if not dot:
+                    continue
+                key = f"{head}/{stem}" if head else stem
+                if current is None or key != current.key:
+                    if current is not None:
+                        yield current
+                    current = WdsSample(key)
+                data = tf.extractfile(member).read()
+                ext = ext.lower()
+                if ext in IMAGE_EXTS:
+                    current.image, current.image_ext = data, ext
+                elif ext == "cls":
+                    current.label = int(data.decode().strip())
+                elif ext == "txt":
+                    current.text = data.decode("utf-8").strip()
+    except FileNotFoundError:
+        raise DataError(f"missing shard {shard}") from None
+    except DataError:
+        raise
+    except (tarfile.TarError, EOFError, zlib.error, OSError, ValueError) as exc:
+        raise DataError(f"corrupt shard {shard}: {exc}") from exc
+    if current is not None:
+        yield current
+
+
+def decode_image(sample: WdsSample, shard: str) -> Image.Image:
+    """Decode a sample's image bytes to RGB; errors name the sample and shard."""
+    if sample.image is None:
+        raise DataError(f"sample {sample.key} in {shard} has no image member")
+    try:
+        return Image.open(io.BytesIO(sample.image)).convert("RGB")
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"cannot decode image {sample.key}.{sample.image_ext} in {shard}: {exc}") from exc
+
+
+class WdsImageDataset(IterableDataset):
+    """Stream (image, label) pairs from wds shards with any number of DataLoader workers.
+
+    With at least as many shards as workers (and no limit) each worker reads its own shards; otherwise every
+    worker reads the stream and decodes only samples `i` with `i % num_workers == worker_id`, so a 1-shard split
+    works with many workers. `limit` keeps the first N samples of the stream.
+    """
+
+    def __init__(self, shards: tuple[str, ...] | list[str], transform: Callable | None = None,
+                 limit: int | None = None, with_text: bool = False):
+        self.shards = tuple(shards)
+        self.transform = transform
+        self.limit = limit
+        self.with_text = with_text
+
+    def _emit(self, sample: WdsSample, shard: str):
+        if sample.label is None:
+            raise DataError(f"sample {sample.key} in {shard} has no .cls member")
+        image = decode_image(sample, shard)
+        if self.transform is not None:
+            image = self.transform(image)
+        if self.with_text:
+            return image, sample.label, sample.text or ""
+        return image, sample.label
+
+    def __iter__(self):
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        if self.limit is None and len(self.shards) >= nw:
+            for shard in self.shards[wid::nw]:
+                for sample in iter_wds_samples(shard):
+                    yield self._emit(sample, shard)
+            return
+        index = 0
+        for shard in self.shards:
+            for sample in iter_wds_samples(shard):
+                if self.limit is not None and index >= self.limit:
+                    return
+                if index % nw == wid:
+                    yield self._emit(sample, shard)
+                index += 1
+
+
+def make_dataset(spec: DatasetSpec, transform: Callable | None = None, limit: int | None = None) -> Dataset:
+    """Build the torch dataset of a resolved spec (first `limit` samples when given)."""
+    if limit is not None and limit <= 0:
+        raise DataError(f"--limit must be positive, got {limit}")
+    if spec.kind == "wds":
+        return WdsImageDataset(spec.shards, transform, limit)
+    from torchvision.datasets import ImageFolder
+
+    ds = ImageFolder(spec.shards[0], transform=transform)
+    return Subset(ds, range(min(limit, len(ds)))) if limit is not None else ds
+
+
+def make_loader(spec: DatasetSpec, transform: Callable | None, *, batch_size: int = 256, num_workers: int = 2,
+                limit: int | None = None) -> DataLoader:
+    """Build a DataLoader over a resolved spec, yielding (images, labels) batches in a deterministic order."""
+    ds = make_dataset(spec, transform, limit)
+    return DataLoader(ds, batch_size=batch_size, num_workers=num_workers, shuffle=False,
+                      persistent_workers=False, pin_memory=torch.cuda.is_available())

@@ -1,0 +1,29 @@
+"""Errors that mean "bad input": the CLI maps them to exit status 2 with a one-line reason."""
+
+from __future__ import annotations
+
+__all__ = ["QclipInputError", "ModelLoadError", "DataError", "one_line"]
+
+
+class QclipInputError(ValueError):
+    """A user-supplied name, path or file is unusable; the message says which and why."""
+
+
+class ModelLoadError(QclipInputError):
+    """A model name, tag or checkpoint could not be resolved or read."""
+
+
+class DataError(QclipInputError):
+    """A dataset name, shard or sample could not be resolved or read."""
+
+
+def one_line(exc: BaseException) -> str:
+    """Return the one-line reason of an error, also when a DataLoader worker re-raised it with a traceback."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    if len(lines) > 1 and "Original Traceback" in str(exc):
+        last = lines[-1]
+        prefix = f"{type(exc).__name__}: "
+        return last[len(prefix):] if last.startswith(prefix) else last
+    return " ".join(lines)

@@ -1,0 +1,204 @@
+"""Load open_clip models from every source a user has: name + tag, checkpoint files, `local-dir:`, `hf-hub:`, demo.
+
+Only safe formats are read: safetensors, or `torch.load(weights_only=True)`. Anything unusable raises
+`ModelLoadError` with a one-line reason (the CLI turns it into exit status 2).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import open_clip
+import torch
+from torch import nn
+
+from .demo import CONFIG_FILE, DEMO_MODEL_NAME, WEIGHTS_FILE, demo_dir, is_trained, register_model_configs
+from .errors import ModelLoadError
+from .paths import atomic_write_bytes, atomic_write_text
+
+__all__ = ["LoadedModel", "load_model", "read_state_dict", "load_state_dict_into", "save_open_clip_dir",
+           "CHECKPOINT_SUFFIXES"]
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
+_PREFIXES = ("", "module.", "model.", "model.module.", "_orig_mod.", "model._orig_mod.")
+log = logging.getLogger(__name__)
+
+
+class LoadedModel(NamedTuple):
+    """What `load_model` returns: the model (eval mode), its eval transform and its tokenizer."""
+
+    model: nn.Module
+    preprocess: Callable
+    tokenizer: Callable
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _read_checkpoint(path: Path) -> dict:
+    """Read a checkpoint file safely into a dict (safetensors or weights-only pickle)."""
+    if not path.is_file():
+        raise ModelLoadError(f"checkpoint file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path), device="cpu")
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read checkpoint {path} (corrupt, or not a weights-only file): "
+                             f"{_first_line(exc)}") from exc
+    except Exception as exc:  # safetensors raises its own SafetensorError
+        raise ModelLoadError(f"cannot read checkpoint {path}: {_first_line(exc)}") from exc
+    if not isinstance(obj, dict):
+        raise ModelLoadError(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict")
+    return obj
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Return the tensors of a checkpoint file (`.pt`/`.pth`/`.bin`/`.safetensors`, or a Lightning `.ckpt`)."""
+    obj = _read_checkpoint(Path(path))
+    sd = obj.get("state_dict", obj)
+    tensors = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise ModelLoadError(f"checkpoint {path} holds no tensors")
+    return tensors
+
+
+def _match_prefix(sd: dict[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
+    """Strip the wrapper prefix (`module.`, Lightning's `model.` ...) that makes most keys match the model."""
+    best, best_hits = sd, -1
+    for prefix in _PREFIXES:
+        sub = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+        hits = len(expected & sub.keys())
+        if hits > best_hits:
+            best, best_hits = sub, hits
+    return best
+
+
+def load_state_dict_into(model: nn.Module, sd: dict[str, torch.Tensor], source: str) -> None:
+    """Load `sd` strictly into `model`, fixing wrapper prefixes and scalar-vs-1d logit scales."""
+    expected = model.state_dict()
+    sd = _match_prefix(sd, set(expected))
+    sd = {k: v for k, v in sd.items() if k in expected}
+    for key in ("logit_scale", "logit_bias"):
+        if key in sd and key in expected and sd[key].shape != expected[key].shape:
+            sd[key] = sd[key].reshape(expected[key].shape)
+    missing = [k for k in expected if k not in sd]
+    if missing:
+        raise ModelLoadError(f"checkpoint {source} does not fit the model: {len(missing)} missing keys "
+                             f"(e.g. {missing[0]})")
+    bad = [k for k, v in sd.items() if v.shape != expected[k].shape]
+    if bad:
+        raise ModelLoadError(f"checkpoint {source} does not fit the model: {bad[0]} has shape "
+                             f"{tuple(sd[bad[0]].shape)}, expected {tuple(expected[bad[0]].shape)}")
+    model.load_state_dict(sd, strict=True)
+
+
+def _is_path_like(value: str) -> bool:
+    return value.endswith(CHECKPOINT_SUFFIXES) or os.sep in value or os.path.exists(value)
+
+
+def _create(name: str, pretrained: str | None, device, precision: str, **kw):
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            name, pretrained=pretrained, device=device, precision=precision, **kw)
+        tokenizer = open_clip.get_tokenizer(name)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # open_clip raises RuntimeError/ValueError/OSError/HF errors
+        where = f"{name}" + (f" (pretrained={pretrained})" if pretrained else "")
+        raise ModelLoadError(f"cannot load model {where}: {_first_line(exc)}") from exc
+    return model, preprocess, tokenizer
+
+
+def _checkpoint_arch(path: Path) -> str:
+    """Architecture name of a self-describing checkpoint: a sibling config, or a Lightning ckpt's hparams."""
+    if (path.parent / "open_clip_config.json").is_file():
+        return f"local-dir:{path.parent}"
+    if path.suffix == ".ckpt":
+        hp = _read_checkpoint(path).get("hyper_parameters") or {}
+        arch = hp.get("model_name") or hp.get("model")
+        if isinstance(arch, str) and arch:
+            return DEMO_MODEL_NAME if arch == "demo" else arch
+    raise ModelLoadError(f"cannot tell the architecture of {path}: pass --model ARCH --pretrained {path}")
+
+
+def load_model(name: str, pretrained: str | None = None, device: str | torch.device = "cpu",
+               precision: str = "fp32") -> LoadedModel:
+    """Load an open_clip model with its eval transform and tokenizer from any supported source.
+
+    `name` is one of: an open_clip architecture (`ViT-B-32`, with `pretrained` a tag such as `openai` or a
+    checkpoint path), `demo`, `local-dir:PATH`, `hf-hub:ORG/NAME` (honours `HF_HUB_OFFLINE`), or a checkpoint
+    file that names its architecture (a sibling `open_clip_config.json`, or a Lightning `.ckpt` whose
+    hyper-parameters hold `model_name`).
+    """
+    register_model_configs()
+    file_weights: Path | None = None
+    if name == "demo":
+        folder = demo_dir()
+        if not is_trained(folder):
+            raise ModelLoadError(f"the demo model is not trained yet (looked in {folder}): run `qclip pretrain-demo`"
+                                 " or train.demo.ensure_demo_model()")
+        name = f"local-dir:{folder}"
+    if name.startswith(("local-dir:", "hf-hub:")):
+        if pretrained:
+            raise ModelLoadError(f"--pretrained cannot be combined with {name.split(':')[0]}: (the folder or repo "
+                                 "holds the weights)")
+        if name.startswith("local-dir:"):
+            folder = Path(name[len("local-dir:"):])
+            if not (folder / "open_clip_config.json").is_file():
+                raise ModelLoadError(f"local-dir {folder} has no open_clip_config.json")
+        model, preprocess, tokenizer = _create(name, None, device, precision, require_pretrained=True)
+        return LoadedModel(model.eval(), preprocess, tokenizer)
+    if name.endswith(CHECKPOINT_SUFFIXES) and pretrained is None:
+        file_weights = Path(name)
+        if not file_weights.is_file():
+            raise ModelLoadError(f"checkpoint file not found: {file_weights}")
+        name = _checkpoint_arch(file_weights)
+        if name.startswith("local-dir:"):
+            model, preprocess, tokenizer = _create(name, None, device, precision)
+            load_state_dict_into(model, read_state_dict(file_weights), str(file_weights))
+            return LoadedModel(model.eval(), preprocess, tokenizer)
+    arch = name.replace("/", "-")
+    if arch not in open_clip.list_models():
+        raise ModelLoadError(f"unknown model '{name}': use an open_clip architecture (e.g. ViT-B-32), demo, "
+                             "local-dir:PATH, hf-hub:ORG/NAME or a checkpoint file")
+    if pretrained and file_weights is None:
+        if pretrained in open_clip.list_pretrained_tags_by_model(arch):
+            model, preprocess, tokenizer = _create(arch, pretrained, device, precision, require_pretrained=True)
+            return LoadedModel(model.eval(), preprocess, tokenizer)
+        if not _is_path_like(pretrained):
+            tags = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none"
+            raise ModelLoadError(f"unknown pretrained tag '{pretrained}' for {arch} (known tags: {tags})")
+        file_weights = Path(pretrained)
+        if not file_weights.is_file():
+            raise ModelLoadError(f"checkpoint file not found: {file_weights}")
+    model, preprocess, tokenizer = _create(arch, None, device, precision)
+    if file_weights is not None:
+        load_state_dict_into(model, read_state_dict(file_weights), str(file_weights))
+    else:
+        log.warning("model %s has no pretrained weights: it is randomly initialised", arch)
+    return LoadedModel(model.eval(), preprocess, tokenizer)
+
+
+def save_open_clip_dir(model: nn.Module, model_cfg: dict, folder: str | os.PathLike,
+                       preprocess_cfg: dict | None = None) -> Path:
+    """Save `model` as a folder stock open_clip loads (`local-dir:` / hf-hub layout): weights first, then config."""
+    from safetensors.torch import save
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    atomic_write_bytes(folder / WEIGHTS_FILE, save(sd))
+    config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg or {}}
+    atomic_write_text(folder / CONFIG_FILE, json.dumps(config, indent=2))
+    return folder

@@ -1,0 +1,120 @@
+"""Zero-shot classification: template-ensembled text classifiers (cached on disk) and image features."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from typing import Callable, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .paths import atomic_write_bytes, cache_dir
+
+__all__ = ["text_tower_fingerprint", "build_zero_shot_classifier", "zero_shot_classifier", "extract_image_features",
+           "zero_shot_logits", "topk_accuracy"]
+
+_IMAGE_TOWER_PREFIXES = ("visual.",)
+_NOT_TEXT = ("logit_scale", "logit_bias")
+
+
+def text_tower_fingerprint(model: nn.Module, tokenizer: Callable | None = None) -> str:
+    """Hash every tensor the text embedding depends on (all but the image tower and logit scale/bias)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if name.startswith(_IMAGE_TOWER_PREFIXES) or name in _NOT_TEXT:
+            continue
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    if tokenizer is not None:
+        h.update(type(tokenizer).__name__.encode())
+        h.update(str(getattr(tokenizer, "context_length", "")).encode())
+    for name, module in model.named_modules():  # surgery/quantization changes the function, not only weights
+        if not name.startswith(_IMAGE_TOWER_PREFIXES) and name:
+            h.update(f"{name}:{type(module).__name__}".encode())
+    return h.hexdigest()
+
+
+def _fill(template: str, classname: str) -> str:
+    return template.replace("{c}", classname)
+
+
+@torch.no_grad()
+def build_zero_shot_classifier(model: nn.Module, tokenizer: Callable, classnames: Sequence[str],
+                               templates: Sequence[str], *, device: str | torch.device = "cpu",
+                               batch_classes: int = 10, progress: bool = False) -> torch.Tensor:
+    """Return the [embed_dim, num_classes] classifier: per class, L2-normalise each template embedding, average,
+    and renormalise (CLIP's prompt ensembling). Templates use `{c}` for the class name."""
+    if not classnames or not templates:
+        raise ValueError("need at least one class name and one template")
+    columns = []
+    chunks = range(0, len(classnames), batch_classes)
+    for start in tqdm(chunks, desc="text classifier", disable=not progress, leave=False):
+        names = classnames[start:start + batch_classes]
+        texts = [_fill(t, c) for c in names for t in templates]
+        tokens = tokenizer(texts).to(device)
+        emb = F.normalize(model.encode_text(tokens).float(), dim=-1)
+        emb = emb.reshape(len(names), len(templates), -1).mean(dim=1)
+        columns.append(F.normalize(emb, dim=-1))
+    return torch.cat(columns).T.contiguous()
+
+
+def zero_shot_classifier(model: nn.Module, tokenizer: Callable, classnames: Sequence[str], templates: Sequence[str],
+                         *, device: str | torch.device = "cpu", use_cache: bool = True,
+                         progress: bool = False) -> torch.Tensor:
+    """`build_zero_shot_classifier`, cached under `<cache>/classifiers/` keyed by text tower + classes + templates."""
+    if not use_cache:
+        return build_zero_shot_classifier(model, tokenizer, classnames, templates, device=device, progress=progress)
+    key = hashlib.sha256(json.dumps({"model": text_tower_fingerprint(model, tokenizer),
+                                     "classnames": list(classnames), "templates": list(templates)}).encode())
+    path = cache_dir("classifiers") / f"{key.hexdigest()[:32]}.pt"
+    if path.is_file():
+        try:
+            return torch.load(path, map_location=device, weights_only=True)
+        except Exception:  # a damaged cache entry is rebuilt, never trusted
+            path.unlink(missing_ok=True)
+    weights = build_zero_shot_classifier(model, tokenizer, classnames, templates, device=device, progress=progress)
+    buf = io.BytesIO()
+    torch.save(weights.cpu(), buf)
+    atomic_write_bytes(path, buf.getvalue())
+    return weights
+
+
+@torch.no_grad()
+def extract_image_features(model: nn.Module, loader: Iterable, *, device: str | torch.device = "cpu",
+                           total: int | None = None, progress: bool = True,
+                           desc: str = "image features") -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the image tower over a loader of (images, labels); return unnormalised float32 features and labels."""
+    feats, labels = [], []
+    with tqdm(total=total, desc=desc, unit="img", disable=not progress) as bar:
+        for batch in loader:
+            images, target = batch[0], batch[1]
+            out = model.encode_image(images.to(device, non_blocking=True))
+            feats.append(out.float().cpu())
+            labels.append(torch.as_tensor(target).cpu())
+            bar.update(len(images))
+    if not feats:
+        raise ValueError("the dataset yielded no samples")
+    return torch.cat(feats), torch.cat(labels).long()
+
+
+def zero_shot_logits(features: torch.Tensor, classifier: torch.Tensor, logit_scale: torch.Tensor | float) -> torch.Tensor:
+    """Calibration-convention logits: `logit_scale.exp() * cos(image, class)`; `logit_scale` is the log-scale."""
+    cos = F.normalize(features.float(), dim=-1) @ classifier.float().to(features.device)
+    scale = torch.as_tensor(logit_scale, dtype=torch.float32).exp()
+    return scale.to(cos.device) * cos
+
+
+def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[int, float]:
+    """Share of samples whose label is among the top-k logits, per k (k capped at the class count)."""
+    maxk = min(max(ks), logits.shape[1])
+    top = logits.topk(maxk, dim=1).indices
+    hit = top == labels.view(-1, 1)
+    n = max(1, labels.numel())
+    return {k: hit[:, :min(k, maxk)].any(dim=1).sum().item() / n for k in ks}

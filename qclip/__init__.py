@@ -1,0 +1,1 @@
+"""qclip command-line package: `qclip eval | pretrain-demo` (more commands come with their libraries)."""

@@ -1,0 +1,126 @@
+"""`qclip` command line: argument parsing and dispatch only (every command is a library call)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+
+__all__ = ["main", "build_parser"]
+
+EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `qclip` argument parser with one sub-parser per command."""
+    parser = argparse.ArgumentParser(prog="qclip", description="Spectral analysis and reliability evaluation of "
+                                     "quantized CLIP models.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    ev = sub.add_parser("eval", help="zero-shot evaluation of a model on a dataset, written as JSON")
+    ev.add_argument("--model", required=True, help="open_clip architecture, demo, local-dir:PATH, hf-hub:ORG/NAME "
+                    "or a checkpoint file")
+    ev.add_argument("--pretrained", default=None, help="pretrained tag (e.g. openai) or checkpoint path")
+    ev.add_argument("--dataset", required=True, help="wds/NAME under the data root, or imagefolder:PATH")
+    ev.add_argument("--split", default="test")
+    ev.add_argument("--data-root", default=None, help="folder (or URL) holding wds_NAME/ folders; default "
+                    "$QCLIP_DATA_ROOT, else the public CLIP_benchmark location")
+    ev.add_argument("--limit", type=_positive_int, default=None, help="evaluate the first N samples only")
+    ev.add_argument("--out", required=True, help="JSON file to write")
+    _add_runtime_args(ev)
+
+    pd = sub.add_parser("pretrain-demo", help="pretrain the demo CLIP on CIFAR-10 (cached for --model demo)")
+    pd.add_argument("--epochs", type=_positive_int, default=None, help="training epochs (default 4)")
+    pd.add_argument("--out", default=None, help="folder to write (default: the demo cache dir)")
+    pd.add_argument("--seed", type=int, default=0)
+    pd.add_argument("--data-root", default=None)
+    pd.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def _add_runtime_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16", "pure_fp16", "pure_bf16"])
+    p.add_argument("--batch-size", type=_positive_int, default=256)
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _device(name: str | None) -> str:
+    import torch
+
+    return name or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from evals.data import resolve_dataset
+    from evals.harness import evaluate_zero_shot
+    from evals.models import load_model
+    from evals.results import eval_record, write_json
+
+    spec = resolve_dataset(args.dataset, args.data_root, args.split)
+    if args.model == "demo":
+        from train.demo import ensure_demo_model
+
+        ensure_demo_model(data_root=args.data_root, progress=not args.no_progress)
+    device = _device(args.device)
+    loaded = load_model(args.model, args.pretrained, device=device, precision=args.precision)
+    result = evaluate_zero_shot(loaded, spec, device=device, batch_size=args.batch_size,
+                                num_workers=args.workers, limit=args.limit, progress=not args.no_progress)
+    metrics = result.metrics()
+    n = metrics.pop("n")
+    record = eval_record(model=args.model, pretrained=args.pretrained, quant=None, dataset=args.dataset, n=n,
+                         metrics=metrics)
+    write_json(args.out, record)
+    print(f"{args.model} on {args.dataset} (n={n}): acc1={metrics['acc1']:.4f} acc5={metrics['acc5']:.4f} "
+          f"-> {args.out}")
+    return EXIT_OK
+
+
+def _cmd_pretrain_demo(args: argparse.Namespace) -> int:
+    from train.demo import DemoRecipe, pretrain_demo
+
+    recipe = DemoRecipe(seed=args.seed) if args.epochs is None else DemoRecipe(epochs=args.epochs, seed=args.seed)
+    meta = pretrain_demo(args.out, recipe, data_root=args.data_root, progress=not args.no_progress)
+    print(f"demo model: {meta['steps']} steps in {meta['train_seconds']:.0f}s, zero-shot CIFAR-10 test acc1="
+          f"{meta.get('test_acc1', float('nan')):.4f}")
+    return EXIT_OK
+
+
+_COMMANDS = {"eval": _cmd_eval, "pretrain-demo": _cmd_pretrain_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run `qclip` with `argv` (default: sys.argv[1:]); return the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on bad usage, 0 on --help
+        return int(exc.code or 0)
+    logging.basicConfig(level=logging.WARNING, format="qclip: %(levelname)s: %(message)s")
+    from evals.errors import QclipInputError, one_line
+
+    try:
+        return _COMMANDS[args.command](args)
+    except QclipInputError as exc:
+        print(f"qclip: error: {one_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("qclip: interrupted", file=sys.stderr)
+        return 130
+    except Exception:
+        traceback.print_exc()
+        print("qclip: internal error (see the traceback above)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())
