@@ -19,10 +19,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("qclip")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `qclip` argument parser with one sub-parser per command."""
     parser = argparse.ArgumentParser(prog="qclip", description="Spectral analysis and reliability evaluation of "
                                      "quantized CLIP models.")
+    parser.add_argument("--version", action="version", version=f"qclip {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     ev = sub.add_parser("eval", help="zero-shot evaluation of a model on a dataset, written as JSON")
@@ -38,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime_args(ev)
 
     pd = sub.add_parser("pretrain-demo", help="pretrain the demo CLIP on CIFAR-10 (cached for --model demo)")
-    pd.add_argument("--epochs", type=_positive_int, default=None, help="training epochs (default 4)")
+    pd.add_argument("--epochs", type=_positive_int, default=None, help="training epochs (default 3)")
     pd.add_argument("--out", default=None, help="folder to write (default: the demo cache dir)")
     pd.add_argument("--seed", type=int, default=0)
     pd.add_argument("--data-root", default=None)
@@ -98,6 +108,20 @@ def _cmd_pretrain_demo(args: argparse.Namespace) -> int:
 _COMMANDS = {"eval": _cmd_eval, "pretrain-demo": _cmd_pretrain_demo}
 
 
+def _configure_logging() -> None:
+    """Warnings of qclip's packages to stderr; Lightning's start-up banners and tips silenced."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("qclip: %(levelname)s: %(message)s"))
+    for name in ("evals", "quant", "spectral", "train", "qclip"):
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            logger.addHandler(handler)
+            logger.setLevel(logging.WARNING)
+            logger.propagate = False
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run `qclip` with `argv` (default: sys.argv[1:]); return the exit status."""
     parser = build_parser()
@@ -105,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on bad usage, 0 on --help
         return int(exc.code or 0)
-    logging.basicConfig(level=logging.WARNING, format="qclip: %(levelname)s: %(message)s")
+    _configure_logging()
     from evals.errors import QclipInputError, one_line
 
     try:
