@@ -10,6 +10,7 @@ from __future__ import annotations
 import bz2
 import contextlib
 import gzip
+import hashlib
 import io
 import lzma
 import os
@@ -75,11 +76,16 @@ def _wds_base(root: str, short: str) -> str:
     return f"{root.rstrip('/')}/wds_{short}"
 
 
+def _remote_cache(base: str, short: str) -> Path:
+    """Cache folder of a remote dataset, keyed by its URL (two roots never share files)."""
+    return cache_dir("data", f"wds_{short}-{hashlib.sha256(base.encode()).hexdigest()[:12]}")
+
+
 def _read_meta(base: str, rel: str, short: str, *, required: bool) -> str | None:
     """Read a small text file of a wds dataset, fetching it into the cache when `base` is a URL."""
     if is_url(base):
         try:
-            path = fetch(f"{base}/{rel}", cache_dir("data", f"wds_{short}") / rel, progress=False)
+            path = fetch(f"{base}/{rel}", _remote_cache(base, short) / rel, progress=False)
         except DataError:
             if required:
                 raise
@@ -122,7 +128,7 @@ def _resolve_wds(name: str, root: str, split: str) -> DatasetSpec:
     classnames = _lines(_read_meta(base, "classnames.txt", short, required=True))
     templates = _lines(_read_meta(base, "zeroshot_classification_templates.txt", short, required=False))
     if is_url(base):
-        shard_dir = cache_dir("data", f"wds_{short}", split)
+        shard_dir = _remote_cache(base, short) / split
         shards = tuple(str(fetch(f"{base}/{split}/{i}.tar", shard_dir / f"{i}.tar")) for i in range(nshards))
     else:
         shards = tuple(os.path.join(base, split, f"{i}.tar") for i in range(nshards))
@@ -178,11 +184,22 @@ def _open_shard(shard: str):
         yield raw
 
 
+class _StrictTarInfo(tarfile.TarInfo):
+    """TarInfo whose reader raises on a bad, short or missing header (tarfile's iterator would stop silently)."""
+
+    @classmethod
+    def fromtarfile(cls, tf):
+        try:
+            return super().fromtarfile(tf)
+        except (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError, tarfile.InvalidHeaderError) as exc:
+            raise tarfile.ReadError(f"bad tar header at byte {tf.offset}: {exc}") from None
+
+
 def iter_wds_samples(shard: str) -> Iterator[WdsSample]:
     """Stream the samples of one shard front to back (plain, gzip, bz2 or xz tar); errors name the shard."""
     current: WdsSample | None = None
     try:
-        with _open_shard(shard) as stream, tarfile.open(fileobj=stream, mode="r|*") as tf:
+        with _open_shard(shard) as stream, tarfile.open(fileobj=stream, mode="r|*", tarinfo=_StrictTarInfo) as tf:
             for member in tf:
                 if not member.isfile():
                     continue
@@ -274,7 +291,10 @@ def make_dataset(spec: DatasetSpec, transform: Callable | None = None, limit: in
         return WdsImageDataset(spec.shards, transform, limit)
     from torchvision.datasets import ImageFolder
 
-    ds = ImageFolder(spec.shards[0], transform=transform)
+    try:
+        ds = ImageFolder(spec.shards[0], transform=transform)
+    except FileNotFoundError as exc:  # class folders without any image file
+        raise DataError(f"image folder {spec.shards[0]}: {exc}") from None
     return Subset(ds, range(min(limit, len(ds)))) if limit is not None else ds
 
 

@@ -24,6 +24,8 @@ def one_line(exc: BaseException) -> str:
         return type(exc).__name__
     if len(lines) > 1 and "Original Traceback" in str(exc):
         last = lines[-1]
-        prefix = f"{type(exc).__name__}: "
-        return last[len(prefix):] if last.startswith(prefix) else last
+        for prefix in (f"{type(exc).__module__}.{type(exc).__qualname__}: ", f"{type(exc).__name__}: "):
+            if last.startswith(prefix):
+                return last[len(prefix):]
+        return last
     return " ".join(lines)

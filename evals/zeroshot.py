@@ -31,7 +31,7 @@ def text_tower_fingerprint(model: nn.Module, tokenizer: Callable | None = None) 
         h.update(name.encode())
         h.update(str(t.dtype).encode())
         h.update(str(tuple(t.shape)).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     if tokenizer is not None:
         h.update(type(tokenizer).__name__.encode())
         h.update(str(getattr(tokenizer, "context_length", "")).encode())
@@ -92,13 +92,19 @@ def extract_image_features(model: nn.Module, loader: Iterable, *, device: str | 
                            desc: str = "image features") -> tuple[torch.Tensor, torch.Tensor]:
     """Run the image tower over a loader of (images, labels); return unnormalised float32 features and labels."""
     feats, labels = [], []
-    with tqdm(total=total, desc=desc, unit="img", disable=not progress) as bar:
-        for batch in loader:
-            images, target = batch[0], batch[1]
-            out = model.encode_image(images.to(device, non_blocking=True))
-            feats.append(out.float().cpu())
-            labels.append(torch.as_tensor(target).cpu())
-            bar.update(len(images))
+    batches = iter(loader)
+    try:
+        with tqdm(total=total, desc=desc, unit="img", disable=not progress) as bar:
+            for batch in batches:
+                images, target = batch[0], batch[1]
+                out = model.encode_image(images.to(device, non_blocking=True))
+                feats.append(out.float().cpu())
+                labels.append(torch.as_tensor(target).cpu())
+                bar.update(len(images))
+    finally:  # stop DataLoader workers now: left to the garbage collector after an error, this takes seconds
+        shutdown = getattr(batches, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
     if not feats:
         raise ValueError("the dataset yielded no samples")
     return torch.cat(feats), torch.cat(labels).long()

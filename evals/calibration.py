@@ -1,0 +1,53 @@
+"""Calibration data for quantization: a few image batches (train split when there is one) and the prompts."""
+
+from __future__ import annotations
+
+import logging
+from itertools import islice
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .data import DatasetSpec, make_loader, resolve_dataset
+from .errors import DataError
+from .models import LoadedModel
+
+__all__ = ["calibration_images", "make_calibrator"]
+
+log = logging.getLogger(__name__)
+
+
+def calibration_images(spec: DatasetSpec, preprocess: Callable, *, batches: int = 8, batch_size: int = 64,
+                       data_root: str | None = None, num_workers: int = 0) -> list[torch.Tensor]:
+    """The first `batches` batches of the dataset's train split (its eval split when it has no train split)."""
+    calib = spec
+    if spec.kind == "wds" and spec.split != "train":
+        try:
+            calib = resolve_dataset(spec.name, data_root, "train")
+        except DataError:
+            log.warning("%s has no train split: calibrating on the first %d images of its %s split",
+                        spec.name, batches * batch_size, spec.split)
+    loader = make_loader(calib, preprocess, batch_size=batch_size, num_workers=num_workers,
+                         limit=batches * batch_size)
+    return [images for images, _ in islice(loader, batches)]
+
+
+def make_calibrator(loaded: LoadedModel, spec: DatasetSpec, *, batches: int = 8, batch_size: int = 64,
+                    device: str | torch.device = "cpu", data_root: str | None = None,
+                    text: bool = True) -> Callable[[nn.Module], None]:
+    """A `calibrate(model)` callable for `quant.quantize_model`: image batches, then (optionally) all prompts."""
+    images = calibration_images(spec, loaded.preprocess, batches=batches, batch_size=batch_size,
+                                data_root=data_root)
+    prompts = [t.replace("{c}", c) for c in spec.classnames for t in spec.templates]
+    tokens = loaded.tokenizer(prompts) if text else None
+
+    @torch.no_grad()
+    def calibrate(model: nn.Module) -> None:
+        for batch in images:
+            model.encode_image(batch.to(device))
+        if tokens is not None:
+            for start in range(0, len(tokens), 256):
+                model.encode_text(tokens[start:start + 256].to(device))
+
+    return calibrate
