@@ -39,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", required=True, help="open_clip architecture, demo, local-dir:PATH, hf-hub:ORG/NAME "
                     "or a checkpoint file")
     ev.add_argument("--pretrained", default=None, help="pretrained tag (e.g. openai) or checkpoint path")
+    ev.add_argument("--quant", default=None, help="quantization or truncation spec applied before evaluation, e.g. "
+                    "w8a8, w4a8-rot, w6a8-smoothquant-vt, w6a8-lsq, w4, rank-e0.9 (see quant.spec)")
+    ev.add_argument("--calib-batches", type=_positive_int, default=None,
+                    help="calibration batches of 64 images (default: the spec's, 8)")
     ev.add_argument("--dataset", required=True, help="wds/NAME under the data root, or imagefolder:PATH")
     ev.add_argument("--split", default="test")
     ev.add_argument("--data-root", default=None, help="folder (or URL) holding wds_NAME/ folders; default "
@@ -70,12 +74,25 @@ def _device(name: str | None) -> str:
     return name or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _parse_quant(text: str | None):
+    from evals.errors import QclipInputError
+    from quant.spec import parse_spec
+
+    if text is None:
+        return None
+    try:
+        return parse_spec(text)
+    except ValueError as exc:
+        raise QclipInputError(f"bad --quant {text!r}: {exc}") from None
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from evals.data import resolve_dataset
     from evals.harness import evaluate_zero_shot
     from evals.models import load_model
     from evals.results import eval_record, write_json
 
+    qspec = _parse_quant(args.quant)
     spec = resolve_dataset(args.dataset, args.data_root, args.split)
     if args.model == "demo":
         from train.demo import ensure_demo_model
@@ -83,16 +100,36 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         ensure_demo_model(data_root=args.data_root, progress=not args.no_progress)
     device = _device(args.device)
     loaded = load_model(args.model, args.pretrained, device=device, precision=args.precision)
+    quant_info = None
+    if qspec is not None:
+        quant_info = _apply_quant(loaded, qspec, spec, args, device)
     result = evaluate_zero_shot(loaded, spec, device=device, batch_size=args.batch_size,
                                 num_workers=args.workers, limit=args.limit, progress=not args.no_progress)
     metrics = result.metrics()
     n = metrics.pop("n")
-    record = eval_record(model=args.model, pretrained=args.pretrained, quant=None, dataset=args.dataset, n=n,
-                         metrics=metrics)
+    record = eval_record(model=args.model, pretrained=args.pretrained, quant=args.quant and str(qspec),
+                         dataset=args.dataset, n=n, metrics=metrics)
+    if quant_info is not None:
+        record["quant_report"] = quant_info
     write_json(args.out, record)
     print(f"{args.model} on {args.dataset} (n={n}): acc1={metrics['acc1']:.4f} acc5={metrics['acc5']:.4f} "
           f"-> {args.out}")
     return EXIT_OK
+
+
+def _apply_quant(loaded, qspec, dataset_spec, args: argparse.Namespace, device: str) -> dict:
+    """Quantize (or truncate) the loaded model in place; return its coverage summary."""
+    from evals.calibration import make_calibrator
+    from quant.api import quantize_model
+
+    calibrate = None
+    if qspec.kind == "quant":
+        batches = args.calib_batches or qspec.calib_batches
+        calibrate = make_calibrator(loaded, dataset_spec, batches=batches, device=device, data_root=args.data_root,
+                                    text=qspec.scope == "vision+text")
+    report = quantize_model(loaded.model, qspec, calibrate)
+    print(f"quantized with {qspec}: linear maps covered {report.coverage_line()}", file=sys.stderr)
+    return {"coverage": {t: {"quantized": q, "total": n} for t, (q, n) in report.coverage.items()}}
 
 
 def _cmd_pretrain_demo(args: argparse.Namespace) -> int:

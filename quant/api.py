@@ -1,0 +1,130 @@
+"""`quantize_model`: the one verb that applies a `QuantSpec` (or a `RankSpec`) to an open_clip model in place."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .lsq import LSQQuantizer
+from .modules import ActQuant, dequantize_module_, is_quantized, quantize_module_
+from .observers import make_observer
+from .primitives import fake_quantize_weight, weight_qparams
+from .rotation import HadamardRotation
+from .smoothquant import apply_smoothquant
+from .spec import QuantSpec, RankSpec, parse_spec
+from .surgery import LinearMap, attention_surgery, list_linear_maps
+from .truncation import TruncationReport, truncate_modules_
+
+__all__ = ["QuantReport", "quantize_model", "convert_to_float", "towers_of", "Calibrator"]
+
+log = logging.getLogger(__name__)
+#: Runs calibration forward passes through the model (image batches, and text prompts for the text tower).
+Calibrator = Callable[[nn.Module], None]
+
+
+@dataclass
+class QuantReport:
+    """What `quantize_model` did: the spec, the maps it changed, coverage per tower, extra per-method facts."""
+
+    spec: str
+    maps: list[LinearMap]
+    coverage: dict[str, tuple[int, int]]
+    smoothed_groups: int = 0
+    truncation: list[TruncationReport] = field(default_factory=list)
+
+    def coverage_line(self) -> str:
+        """'vision 48/48, text 0/28' style summary."""
+        return ", ".join(f"{t} {q}/{n}" for t, (q, n) in self.coverage.items())
+
+
+def towers_of(scope: str) -> tuple[str, ...]:
+    """Towers a spec scope covers."""
+    return ("vision",) if scope == "vision" else ("vision", "text")
+
+
+def _coverage(all_maps: list[LinearMap], chosen: list[LinearMap]) -> dict[str, tuple[int, int]]:
+    out = {}
+    for tower in ("vision", "text"):
+        total = sum(m.tower == tower for m in all_maps)
+        out[tower] = (sum(m.tower == tower for m in chosen), total)
+    return out
+
+
+def quantize_model(model: nn.Module, spec: QuantSpec | RankSpec | str, calibrate: Calibrator | None = None
+                   ) -> QuantReport:
+    """Apply `spec` in place: attention surgery, then rank truncation or (SmoothQuant | rotation) + RTN or LSQ.
+
+    `calibrate(model)` must run a few forward passes (`spec.calib_batches` image batches, plus text prompts when
+    the text tower is in scope); it is needed for activation quantization and SmoothQuant.
+    """
+    spec = parse_spec(spec) if isinstance(spec, str) else spec
+    model.eval()
+    attention_surgery(model)
+    all_maps = list_linear_maps(model)
+    if any(is_quantized(model.get_submodule(m.name)) for m in all_maps):
+        raise ValueError("the model is already quantized: quantize a fresh copy")
+    towers = towers_of(spec.scope)
+    chosen = [m for m in all_maps if m.tower in towers]
+    modules = {m.name: model.get_submodule(m.name) for m in chosen}
+    report = QuantReport(str(spec), chosen, _coverage(all_maps, chosen))
+    if isinstance(spec, RankSpec):
+        report.truncation = truncate_modules_(modules, spec.mode, spec.value)
+        return report
+    needs_data = spec.a_bits is not None or spec.method == "smoothquant"
+    if needs_data and calibrate is None:
+        raise ValueError(f"spec {spec} quantizes activations or smooths them: pass a calibrate(model) function")
+    if spec.method == "smoothquant":
+        in_scope = tuple(("visual",) if spec.scope == "vision" else ("visual", "transformer", "text"))
+        report.smoothed_groups = apply_smoothquant(model, in_scope, calibrate, spec.smoothquant_alpha)
+    act_quants: dict[str, ActQuant] = {}
+    with torch.no_grad():
+        for name, module in modules.items():
+            conv = isinstance(module, nn.Conv2d)
+            rotation = None
+            if spec.rotates:
+                rotation = HadamardRotation(module.weight.shape[1], dim=1 if conv else -1).to(module.weight.device)
+                module.weight.copy_(rotation.fold_into_weight(module.weight))
+            weight_quant = None
+            if spec.learns_scales:
+                weight_quant = LSQQuantizer(spec.w_bits, per_channel=spec.granularity == "per_channel",
+                                            channels=module.weight.shape[0]).to(module.weight.device)
+                weight_quant.init_from(module.weight)
+            else:
+                kw = dict(granularity=spec.granularity, group_size=spec.group_size, symmetric=spec.symmetric)
+                scale, _ = weight_qparams(module.weight, spec.w_bits, **kw)
+                module.weight.copy_(fake_quantize_weight(module.weight, spec.w_bits, **kw))
+                module.register_buffer("weight_scale", scale)  # the grid, for exact integer export
+            input_quant = None
+            if spec.a_bits is not None:
+                observer = make_observer(spec.observer, percentile=spec.percentile, ema_decay=spec.ema_decay)
+                # LSQ activations are symmetric (signed steps); static PTQ activations use the asymmetric range
+                input_quant = ActQuant(spec.a_bits, observer, symmetric=spec.learns_scales).to(module.weight.device)
+                act_quants[name] = input_quant
+            quantize_module_(module, weight_quant=weight_quant, input_quant=input_quant, input_rotation=rotation)
+    if act_quants:
+        with torch.no_grad():
+            calibrate(model)
+        for name, aq in act_quants.items():
+            if not aq.observer.seen:
+                raise RuntimeError(f"calibration never reached {name}: does calibrate() cover the {spec.scope} scope?")
+            aq.freeze()
+            if spec.learns_scales:
+                lsq = LSQQuantizer(spec.a_bits, per_channel=False, is_weight=False).to(aq.scale.device)
+                lsq.init_from(step=aq.scale)
+                modules[name].input_quant = lsq
+    return report
+
+
+def convert_to_float(model: nn.Module) -> nn.Module:
+    """Fold every weight quantizer and rotation into plain float weights (activation quantizers are dropped).
+
+    The result has stock open_clip state-dict keys: a weight-quantized ("dequantized") float export.
+    """
+    for module in model.modules():
+        if is_quantized(module):
+            dequantize_module_(module)
+    return model

@@ -1,0 +1,83 @@
+"""LSQ: learned step-size quantization (Esser et al., 2020) for weights and activations.
+
+Forward: x̂ = round(clamp(x · (1/s), qmin, qmax)) · s, identical to torchao's quantize/dequantize with
+scale s and zero point 0. Backward: straight-through for x inside the range (zero outside), and for the step
+
+    ∂x̂/∂s = (round(x/s) − x/s) inside,  qmin or qmax outside,
+
+multiplied by the gradient scale g = 1/sqrt(n · qmax), where n is the number of elements sharing one step
+(a weight row for per-channel steps, the whole weight for a per-tensor step, the features of one sample for
+activations; for per-tensor steps this is Esser's N_W / N_F).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .primitives import EPS, qrange
+
+__all__ = ["grad_scale", "round_ste", "lsq_quantize", "LSQQuantizer"]
+
+
+def grad_scale(x: torch.Tensor, g: float) -> torch.Tensor:
+    """Identity in the forward pass; multiplies the gradient by `g`."""
+    scaled = x * g
+    return x.detach() + (scaled - scaled.detach())  # forward value is exactly x
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """Round in the forward pass; identity gradient."""
+    return torch.round(x).detach() + (x - x.detach())  # forward value is exactly round(x)
+
+
+def lsq_quantize(x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int, g: float) -> torch.Tensor:
+    """LSQ fake quantization of `x` with a broadcastable learnable `step`."""
+    s = grad_scale(step, g)
+    return round_ste(torch.clamp(x * (1.0 / s), qmin, qmax)) * s
+
+
+class LSQQuantizer(nn.Module):
+    """A learnable-step fake quantizer: per-channel (dim 0) for weights or per-tensor for activations.
+
+    `init_from(x)` sets the step from data: max|x| / ((qmax - qmin) / 2) per step group (so an untrained LSQ
+    model equals symmetric round-to-nearest), or from an explicit step (e.g. an activation observer's scale).
+    """
+
+    def __init__(self, bits: int, *, per_channel: bool, channels: int = 1, is_weight: bool = True):
+        super().__init__()
+        self.bits, self.per_channel, self.is_weight = bits, per_channel, is_weight
+        self.qmin, self.qmax = qrange(bits, True)
+        self.step = nn.Parameter(torch.ones(channels if per_channel else 1))
+        self.register_buffer("initialized", torch.tensor(False))
+
+    def _view(self, x: torch.Tensor) -> torch.Tensor:
+        if self.per_channel:
+            return self.step.view(-1, *([1] * (x.dim() - 1)))
+        return self.step.view(())
+
+    @torch.no_grad()
+    def init_from(self, x: torch.Tensor | None = None, step: torch.Tensor | float | None = None) -> None:
+        """Initialise the step from a tensor's range, or set it explicitly."""
+        if step is None:
+            flat = x.detach().float().reshape(x.shape[0], -1) if self.per_channel else x.detach().float().reshape(1, -1)
+            step = flat.abs().amax(dim=1) / ((self.qmax - self.qmin) / 2)
+        self.step.copy_(torch.clamp(torch.as_tensor(step, dtype=torch.float32).reshape(self.step.shape), min=EPS))
+        self.initialized.fill_(True)
+
+    def group_numel(self, x: torch.Tensor) -> int:
+        """Number of elements that share one step (n in g = 1/sqrt(n·qmax))."""
+        if self.is_weight:
+            return x[0].numel() if self.per_channel else x.numel()
+        return x[0].numel() if x.dim() > 1 else x.numel()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not bool(self.initialized):
+            self.init_from(x)
+        g = 1.0 / math.sqrt(self.group_numel(x) * self.qmax)
+        return lsq_quantize(x, self._view(x).to(x.dtype), self.qmin, self.qmax, g)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, per_channel={self.per_channel}, steps={self.step.numel()}"

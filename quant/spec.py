@@ -1,0 +1,190 @@
+"""`QuantSpec`: one validated description of a quantization (or rank-truncation) recipe, with a string form.
+
+String grammar (round-trips through `str(spec)` / `parse_spec`):
+
+    w{2..8}[a{2..8}][-rtn|-smoothquant|-rot|-lsq|-rot-lsq][-g{N}|-pt][-minmax|-ema|-pct|-mse][-asym][-vt]
+    rank-e{0..1} | rank-f{0..1} | rank-k{N}  [-vt]
+
+`w4a8` = 4-bit per-channel symmetric weights, 8-bit per-tensor activations calibrated with a min-max observer,
+round-to-nearest (RTN), vision tower only. `-vt` quantizes the text tower too. `-g128` = per-group weights,
+`-pt` = per-tensor weights. `rank-e0.9` keeps the top singular components holding 90% of each layer's energy,
+`rank-f0.5` half of them, `rank-k16` the top 16 (the ablation control for quantization).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+
+__all__ = ["QuantSpec", "RankSpec", "parse_spec", "METHODS", "OBSERVERS", "GRANULARITIES", "SCOPES"]
+
+METHODS = ("rtn", "smoothquant", "rotation", "lsq", "rotation+lsq")
+OBSERVERS = ("minmax", "ema", "percentile", "mse")
+GRANULARITIES = ("per_channel", "per_group", "per_tensor")
+SCOPES = ("vision", "vision+text")
+_METHOD_TOKENS = {"rtn": "rtn", "smoothquant": "smoothquant", "sq": "smoothquant", "rot": "rotation",
+                  "rotation": "rotation", "lsq": "lsq"}
+_METHOD_SUFFIX = {"rtn": "", "smoothquant": "-smoothquant", "rotation": "-rot", "lsq": "-lsq",
+                  "rotation+lsq": "-rot-lsq"}
+_OBSERVER_TOKENS = {"minmax": "minmax", "ema": "ema", "pct": "percentile", "percentile": "percentile",
+                    "mse": "mse"}
+_OBSERVER_SUFFIX = {"minmax": "", "ema": "-ema", "percentile": "-pct", "mse": "-mse"}
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """A validated fake-quantization recipe (weights per-channel/group/tensor, activations per-tensor)."""
+
+    w_bits: int = 8
+    a_bits: int | None = 8
+    granularity: str = "per_channel"
+    group_size: int | None = None
+    symmetric: bool = True
+    observer: str = "minmax"
+    method: str = "rtn"
+    scope: str = "vision"
+    calib_batches: int = 8
+    smoothquant_alpha: float = 0.5
+    percentile: float = 99.99
+    ema_decay: float = 0.9
+
+    def __post_init__(self):
+        if not isinstance(self.w_bits, int) or not 2 <= self.w_bits <= 8:
+            raise ValueError(f"w_bits must be an integer in 2..8, got {self.w_bits!r}")
+        if self.a_bits is not None and (not isinstance(self.a_bits, int) or not 2 <= self.a_bits <= 8):
+            raise ValueError(f"a_bits must be None (weight-only) or an integer in 2..8, got {self.a_bits!r}")
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
+        if self.granularity == "per_group":
+            if not isinstance(self.group_size, int) or self.group_size < 2:
+                raise ValueError(f"group_size must be an integer >= 2 for per_group, got {self.group_size!r}")
+        elif self.group_size is not None:
+            raise ValueError(f"group_size is only valid with granularity='per_group', got {self.group_size!r}")
+        if self.observer not in OBSERVERS:
+            raise ValueError(f"observer must be one of {OBSERVERS}, got {self.observer!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
+        if self.method == "smoothquant" and self.a_bits is None:
+            raise ValueError("method='smoothquant' migrates activation outliers and needs a_bits")
+        if self.method in ("lsq", "rotation+lsq") and self.granularity == "per_group":
+            raise ValueError("granularity='per_group' is not supported with LSQ (use per_channel or per_tensor)")
+        if not isinstance(self.calib_batches, int) or self.calib_batches < 1:
+            raise ValueError(f"calib_batches must be a positive integer, got {self.calib_batches!r}")
+        if not 0.0 <= self.smoothquant_alpha <= 1.0:
+            raise ValueError(f"smoothquant_alpha must be in [0, 1], got {self.smoothquant_alpha!r}")
+        if not 50.0 < self.percentile <= 100.0:
+            raise ValueError(f"percentile must be in (50, 100], got {self.percentile!r}")
+        if not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay!r}")
+
+    @property
+    def kind(self) -> str:
+        """'quant' (vs 'rank' for `RankSpec`)."""
+        return "quant"
+
+    @property
+    def rotates(self) -> bool:
+        """True when the recipe applies a Hadamard rotation."""
+        return self.method in ("rotation", "rotation+lsq")
+
+    @property
+    def learns_scales(self) -> bool:
+        """True for LSQ (quantization-aware training) recipes."""
+        return self.method in ("lsq", "rotation+lsq")
+
+    def with_(self, **changes) -> "QuantSpec":
+        """A validated copy with some fields changed."""
+        return replace(self, **changes)
+
+    def __str__(self) -> str:
+        s = f"w{self.w_bits}" + (f"a{self.a_bits}" if self.a_bits is not None else "")
+        s += _METHOD_SUFFIX[self.method]
+        if self.granularity == "per_group":
+            s += f"-g{self.group_size}"
+        elif self.granularity == "per_tensor":
+            s += "-pt"
+        s += _OBSERVER_SUFFIX[self.observer]
+        if not self.symmetric:
+            s += "-asym"
+        if self.scope == "vision+text":
+            s += "-vt"
+        return s
+
+
+@dataclass(frozen=True)
+class RankSpec:
+    """Rank truncation of every linear map: keep an energy share, a fraction of components, or the top k."""
+
+    mode: str = "energy"  # energy | fraction | topk
+    value: float = 0.9
+    scope: str = "vision"
+
+    def __post_init__(self):
+        if self.mode not in ("energy", "fraction", "topk"):
+            raise ValueError(f"mode must be 'energy', 'fraction' or 'topk', got {self.mode!r}")
+        if self.mode == "topk":
+            if not float(self.value).is_integer() or self.value < 1:
+                raise ValueError(f"value must be a positive integer rank for mode='topk', got {self.value!r}")
+        elif not 0.0 < self.value <= 1.0:
+            raise ValueError(f"value must be in (0, 1] for mode={self.mode!r}, got {self.value!r}")
+        if self.scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
+
+    @property
+    def kind(self) -> str:
+        """'rank' (vs 'quant' for `QuantSpec`)."""
+        return "rank"
+
+    def __str__(self) -> str:
+        tag = {"energy": "e", "fraction": "f", "topk": "k"}[self.mode]
+        value = str(int(self.value)) if self.mode == "topk" else f"{self.value:g}"
+        return f"rank-{tag}{value}" + ("-vt" if self.scope == "vision+text" else "")
+
+
+_HEAD = re.compile(r"^w(\d+)(?:a(\d+))?$")
+_RANK = re.compile(r"^rank-([efk])(\d+(?:\.\d+)?)$")
+
+
+def parse_spec(text: str) -> QuantSpec | RankSpec:
+    """Parse `w8a8`, `w4a8-rot-vt`, `w6a8-lsq`, `w4`, `rank-e0.9`, ... into a validated spec (ValueError if bad)."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"empty quantization spec {text!r}")
+    s = text.strip().lower()
+    scope = "vision"
+    if s.endswith("-vt"):
+        s, scope = s[:-3], "vision+text"
+    if s.startswith("rank-"):
+        m = _RANK.match(s)
+        if not m:
+            raise ValueError(f"bad rank spec {text!r}: expected rank-e0.9, rank-f0.5 or rank-k16")
+        mode = {"e": "energy", "f": "fraction", "k": "topk"}[m.group(1)]
+        return RankSpec(mode=mode, value=float(m.group(2)), scope=scope)
+    head, *tokens = s.split("-")
+    m = _HEAD.match(head)
+    if not m:
+        raise ValueError(f"bad quantization spec {text!r}: expected it to start with w<bits>[a<bits>], e.g. w8a8")
+    kw: dict = {"w_bits": int(m.group(1)), "a_bits": int(m.group(2)) if m.group(2) else None, "scope": scope}
+    methods = []
+    for tok in tokens:
+        if tok in _METHOD_TOKENS:
+            methods.append(_METHOD_TOKENS[tok])
+        elif tok in _OBSERVER_TOKENS:
+            kw["observer"] = _OBSERVER_TOKENS[tok]
+        elif re.fullmatch(r"g\d+", tok):
+            kw["granularity"], kw["group_size"] = "per_group", int(tok[1:])
+        elif tok == "pt":
+            kw["granularity"] = "per_tensor"
+        elif tok == "asym":
+            kw["symmetric"] = False
+        else:
+            raise ValueError(f"bad quantization spec {text!r}: unknown part {tok!r}")
+    if methods:
+        if sorted(methods) == ["lsq", "rotation"]:
+            kw["method"] = "rotation+lsq"
+        elif len(methods) == 1:
+            kw["method"] = methods[0]
+        else:
+            raise ValueError(f"bad quantization spec {text!r}: methods {methods} cannot be combined")
+    return QuantSpec(**kw)

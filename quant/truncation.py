@@ -1,0 +1,60 @@
+"""Rank truncation of linear maps: the ablation control for quantization (a hard low-pass over rank)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+__all__ = ["kept_rank", "truncate_weight", "truncate_modules_", "TruncationReport"]
+
+
+@dataclass(frozen=True)
+class TruncationReport:
+    """Per-layer outcome: the rank kept, the full rank and the share of spectral energy kept."""
+
+    name: str
+    kept: int
+    full: int
+    energy_kept: float
+
+
+def kept_rank(sigma: torch.Tensor, mode: str, value: float) -> int:
+    """Components to keep: energy (smallest k with Σσ²_≤k / Σσ² ≥ value), fraction (ceil(value·r)), topk."""
+    r = sigma.numel()
+    if mode == "topk":
+        return max(1, min(r, int(value)))
+    if mode == "fraction":
+        return max(1, min(r, math.ceil(value * r - 1e-9)))
+    if mode == "energy":
+        energy = sigma.double() ** 2
+        total = energy.sum()
+        if total == 0:
+            return r
+        cum = energy.cumsum(0) / total
+        return max(1, min(r, int((cum < value - 1e-12).sum().item()) + 1))
+    raise ValueError(f"unknown truncation mode {mode!r}")
+
+
+@torch.no_grad()
+def truncate_weight(weight: torch.Tensor, mode: str, value: float) -> tuple[torch.Tensor, int, float]:
+    """Best rank-k approximation (Eckart–Young) of a weight [out, in, ...]; returns (W_k, k, energy share)."""
+    w = weight.detach().double().reshape(weight.shape[0], -1)
+    u, s, vh = torch.linalg.svd(w, full_matrices=False)
+    k = kept_rank(s, mode, value)
+    wk = (u[:, :k] * s[:k]) @ vh[:k]
+    share = float((s[:k] ** 2).sum() / (s ** 2).sum()) if s.sum() > 0 else 1.0
+    return wk.reshape(weight.shape).to(weight.dtype), k, share
+
+
+@torch.no_grad()
+def truncate_modules_(modules: dict[str, nn.Module], mode: str, value: float) -> list[TruncationReport]:
+    """Replace each module's weight by its rank-truncated version in place."""
+    reports = []
+    for name, module in modules.items():
+        wk, k, share = truncate_weight(module.weight, mode, value)
+        module.weight.copy_(wk)
+        reports.append(TruncationReport(name, k, min(module.weight.shape[0], module.weight[0].numel()), share))
+    return reports
