@@ -19,7 +19,7 @@ from .spec import QuantSpec, RankSpec, parse_spec
 from .surgery import LinearMap, attention_surgery, list_linear_maps
 from .truncation import TruncationReport, truncate_modules_
 
-__all__ = ["QuantReport", "quantize_model", "convert_to_float", "towers_of", "Calibrator"]
+__all__ = ["QuantReport", "quantize_model", "quantize_maps_", "convert_to_float", "towers_of", "Calibrator"]
 
 log = logging.getLogger(__name__)
 #: Runs calibration forward passes through the model (image batches, and text prompts for the text tower).
@@ -80,6 +80,15 @@ def quantize_model(model: nn.Module, spec: QuantSpec | RankSpec | str, calibrate
     if spec.method == "smoothquant":
         in_scope = tuple(("visual",) if spec.scope == "vision" else ("visual", "transformer", "text"))
         report.smoothed_groups = apply_smoothquant(model, in_scope, calibrate, spec.smoothquant_alpha)
+    quantize_maps_(model, modules, spec, calibrate)
+    return report
+
+
+def quantize_maps_(model: nn.Module, modules: dict[str, nn.Module], spec: QuantSpec,
+                   calibrate: Calibrator | None) -> None:
+    """Attach (rotation +) weight and activation fake quantizers to `modules`, then calibrate activations."""
+    if spec.a_bits is not None and calibrate is None:
+        raise ValueError(f"spec {spec} quantizes activations: pass a calibrate(model) function")
     act_quants: dict[str, ActQuant] = {}
     with torch.no_grad():
         for name, module in modules.items():
@@ -116,7 +125,6 @@ def quantize_model(model: nn.Module, spec: QuantSpec | RankSpec | str, calibrate
                 lsq = LSQQuantizer(spec.a_bits, per_channel=False, is_weight=False).to(aq.scale.device)
                 lsq.init_from(step=aq.scale)
                 modules[name].input_quant = lsq
-    return report
 
 
 def convert_to_float(model: nn.Module) -> nn.Module:

@@ -394,3 +394,61 @@ def test_float_export_loads_in_stock_open_clip(tmp_path):
     stock = open_clip.create_model(MICRO)
     stock.load_state_dict(torch.load(tmp_path / "float.pt", weights_only=True))
     assert max(max_diff(model, stock.eval(), MICRO)) <= 1e-5
+
+
+@pytest.mark.parametrize("xshape, sshape", [((6, 40), (6, 1)), ((6, 40), ()), ((4, 8, 5, 5), (8, 1, 1)),
+                                            ((4, 8, 5, 5), (4, 1, 1, 1))])
+def test_fused_lsq_equals_autograd_reference(xshape, sshape):
+    from quant.lsq import lsq_quantize_reference
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(*xshape, generator=g) * 0.4
+    step = torch.rand(*sshape, generator=g) * 0.05 + 0.02 if sshape else torch.tensor(0.03)
+    upstream = torch.randn(*xshape, generator=g)
+    results = []
+    for fn in (lsq_quantize, lsq_quantize_reference):
+        xx, ss = x.clone().requires_grad_(), step.clone().requires_grad_()
+        y = fn(xx, ss, -8, 7, 0.37)
+        (y * upstream).sum().backward()
+        results.append((y.detach(), xx.grad, ss.grad))
+    assert torch.equal(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1])
+    torch.testing.assert_close(results[0][2], results[1][2], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["lsq", "torchao"])
+def test_prepare_train_convert_qat(backend, tmp_path):
+    from quant.qat import convert_qat, prepare_qat
+
+    ref = build(MICRO)
+    model = copy.deepcopy(ref)
+    report = prepare_qat(model, "w4a8", calibrator(MICRO), backend=backend)
+    assert report.coverage["vision"] == (14, 14)
+    x, t = inputs(MICRO)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if "step" in n or "scale" in n}
+    assert before, "QAT must expose learnable quantizer scales"
+    loss = (model.encode_image(x) - ref.encode_image(x).detach()).pow(2).mean()
+    loss.backward()
+    opt.step()
+    changed = [n for n, p in model.named_parameters() if n in before and not torch.equal(p, before[n])]
+    assert changed, "no quantizer scale was trained"
+    convert_qat(model.eval())
+    kinds = {type(model.get_submodule(m.name)) for m in list_linear_maps(model)}
+    assert kinds <= {nn.Linear, nn.Conv2d, __import__("quant.surgery", fromlist=["x"]).ProjectionLinear}
+    torch.save(model.state_dict(), tmp_path / "qat.pt")
+    stock = open_clip.create_model(MICRO)
+    stock.load_state_dict(torch.load(tmp_path / "qat.pt", weights_only=True))
+    assert max(max_diff(model, stock.eval(), MICRO)) <= 1e-5
+
+
+def test_qat_rejects_untrainable_recipes():
+    from quant.qat import prepare_qat
+
+    with pytest.raises(ValueError, match="cannot be trained"):
+        prepare_qat(build(MICRO), "w8a8-smoothquant", calibrator(MICRO))
+    with pytest.raises(ValueError, match="'lsq' backend"):
+        prepare_qat(build(MICRO), "w4a8-rot-lsq", calibrator(MICRO), backend="torchao")
+    with pytest.raises(ValueError, match="backend"):
+        prepare_qat(build(MICRO), "w4a8-lsq", calibrator(MICRO), backend="tensorrt")
