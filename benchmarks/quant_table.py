@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from evals.calibration import make_calibrator
+from evals.calib_data import make_calibrator
 from evals.data import resolve_dataset
 from evals.harness import evaluate_zero_shot
 from evals.models import load_model

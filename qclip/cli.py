@@ -119,7 +119,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _apply_quant(loaded, qspec, dataset_spec, args: argparse.Namespace, device: str) -> dict:
     """Quantize (or truncate) the loaded model in place; return its coverage summary."""
-    from evals.calibration import make_calibrator
+    from evals.calib_data import make_calibrator
     from quant.api import quantize_model
 
     calibrate = None

@@ -1,4 +1,4 @@
-"""Calibration data for quantization: a few image batches (train split when there is one) and the prompts."""
+"""Calibration data for quantization (not calibration metrics): a few image batches and the class prompts."""
 
 from __future__ import annotations
 
