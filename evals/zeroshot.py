@@ -14,31 +14,35 @@ from tqdm.auto import tqdm
 
 from .paths import atomic_write_bytes, cache_dir
 
-__all__ = ["text_tower_fingerprint", "build_zero_shot_classifier", "zero_shot_classifier", "extract_image_features",
+__all__ = ["model_fingerprint", "text_tower_fingerprint", "build_zero_shot_classifier", "zero_shot_classifier", "extract_image_features",
            "zero_shot_logits", "topk_accuracy"]
 
 _IMAGE_TOWER_PREFIXES = ("visual.",)
 _NOT_TEXT = ("logit_scale", "logit_bias")
 
 
-def text_tower_fingerprint(model: nn.Module, tokenizer: Callable | None = None) -> str:
-    """Hash every tensor the text embedding depends on (all but the image tower and logit scale/bias)."""
-    h = hashlib.sha256()
+def model_fingerprint(model: nn.Module, *, skip_prefixes: tuple[str, ...] = (), skip_names: tuple[str, ...] = (),
+                      extra: str = "") -> str:
+    """Hash every state-dict tensor and module type of `model` (minus the skipped ones): a content key for caches."""
+    h = hashlib.sha256(extra.encode())
     for name, tensor in sorted(model.state_dict().items()):
-        if name.startswith(_IMAGE_TOWER_PREFIXES) or name in _NOT_TEXT:
+        if name.startswith(skip_prefixes) or name in skip_names:
             continue
         t = tensor.detach().to("cpu").contiguous()
         h.update(name.encode())
         h.update(str(t.dtype).encode())
         h.update(str(tuple(t.shape)).encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    if tokenizer is not None:
-        h.update(type(tokenizer).__name__.encode())
-        h.update(str(getattr(tokenizer, "context_length", "")).encode())
     for name, module in model.named_modules():  # surgery/quantization changes the function, not only weights
-        if not name.startswith(_IMAGE_TOWER_PREFIXES) and name:
+        if name and not name.startswith(skip_prefixes):
             h.update(f"{name}:{type(module).__name__}".encode())
     return h.hexdigest()
+
+
+def text_tower_fingerprint(model: nn.Module, tokenizer: Callable | None = None) -> str:
+    """Hash every tensor the text embedding depends on (all but the image tower and logit scale/bias)."""
+    extra = "" if tokenizer is None else f"{type(tokenizer).__name__}:{getattr(tokenizer, 'context_length', '')}"
+    return model_fingerprint(model, skip_prefixes=_IMAGE_TOWER_PREFIXES, skip_names=_NOT_TEXT, extra=extra)
 
 
 def _fill(template: str, classname: str) -> str:
@@ -88,16 +92,21 @@ def zero_shot_classifier(model: nn.Module, tokenizer: Callable, classnames: Sequ
 
 @torch.no_grad()
 def extract_image_features(model: nn.Module, loader: Iterable, *, device: str | torch.device = "cpu",
-                           total: int | None = None, progress: bool = True,
-                           desc: str = "image features") -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the image tower over a loader of (images, labels); return unnormalised float32 features and labels."""
+                           total: int | None = None, progress: bool = True, desc: str = "image features",
+                           batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the image tower over a loader of (images, labels); return unnormalised float32 features and labels.
+
+    `batch_transform` (e.g. corrupt, then normalise) is applied to each image batch on the device first."""
     feats, labels = [], []
     batches = iter(loader)
     try:
         with tqdm(total=total, desc=desc, unit="img", disable=not progress) as bar:
             for batch in batches:
-                images, target = batch[0], batch[1]
-                out = model.encode_image(images.to(device, non_blocking=True))
+                images, target = batch[0].to(device, non_blocking=True), batch[1]
+                if batch_transform is not None:
+                    images = batch_transform(images)
+                out = model.encode_image(images)
                 feats.append(out.float().cpu())
                 labels.append(torch.as_tensor(target).cpu())
                 bar.update(len(images))

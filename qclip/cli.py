@@ -47,7 +47,20 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="test")
     ev.add_argument("--data-root", default=None, help="folder (or URL) holding wds_NAME/ folders; default "
                     "$QCLIP_DATA_ROOT, else the public CLIP_benchmark location")
-    ev.add_argument("--limit", type=_positive_int, default=None, help="evaluate the first N samples only")
+    ev.add_argument("--limit", type=_positive_int, default=None, help="evaluate the first N ID samples only")
+    ev.add_argument("--ood", action="append", default=[], metavar="wds/NAME", help="OOD dataset (repeatable)")
+    ev.add_argument("--shift", action="append", default=[], metavar="wds/NAME",
+                    help="covariate-shift dataset scored with the ID classifier, classes matched by name (repeatable)")
+    ev.add_argument("--corruptions", default=None, metavar="NAME:SEV,...",
+                    help="corruptions of the ID set, e.g. gaussian_noise:3,defocus_blur:3 (NAME alone = severities 1-5)")
+    ev.add_argument("--spurious", default=None, metavar="COMMON,COUNTER",
+                    help="two datasets (common / counter groups) for RSG, ΔRSG and Vuln_add")
+    ev.add_argument("--ood-limit", type=_positive_int, default=None, help="first N samples of each OOD/shift set")
+    ev.add_argument("--seed", type=int, default=0, help="seed of splits, corruptions and bootstrap")
+    ev.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the intervals (0: off)")
+    ev.add_argument("--store", default=None, help="also append the record to this JSONL results store (skip if "
+                    "the same config is already there)")
+    ev.add_argument("--no-cache", action="store_true", help="recompute text classifiers and features")
     ev.add_argument("--out", required=True, help="JSON file to write")
     _add_runtime_args(ev)
 
@@ -86,50 +99,58 @@ def _parse_quant(text: str | None):
         raise QclipInputError(f"bad --quant {text!r}: {exc}") from None
 
 
+def _parse_pair(text: str | None) -> tuple[str, str] | None:
+    from evals.errors import QclipInputError
+
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if len(parts) != 2:
+        raise QclipInputError(f"--spurious needs two datasets COMMON,COUNTER, got {text!r}")
+    return parts[0], parts[1]
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from evals.data import resolve_dataset
-    from evals.harness import evaluate_zero_shot
-    from evals.models import load_model
-    from evals.results import eval_record, write_json
+    from evals.errors import QclipInputError
+    from evals.results import versions, write_json
+    from evals.store import ResultsStore
+    from evals.suite import ReliabilitySuite, SuiteConfig
 
     qspec = _parse_quant(args.quant)
-    spec = resolve_dataset(args.dataset, args.data_root, args.split)
+    corruptions = []
+    if args.corruptions:
+        from evals.corruptions import parse_corruptions
+
+        try:
+            corruptions = parse_corruptions(args.corruptions)
+        except ValueError as exc:
+            raise QclipInputError(f"bad --corruptions: {exc}") from None
+    cfg = SuiteConfig(model=args.model, dataset=args.dataset, pretrained=args.pretrained,
+                      quant=None if qspec is None else str(qspec), split=args.split, ood=args.ood,
+                      corruptions=corruptions, shift=args.shift, spurious=_parse_pair(args.spurious),
+                      limit=args.limit, ood_limit=args.ood_limit, seed=args.seed, bootstrap=args.bootstrap,
+                      calib_batches=args.calib_batches, precision=args.precision)
+    store = ResultsStore(args.store) if args.store else None
+    if store is not None and (done := store.get(cfg.hash)) is not None:
+        write_json(args.out, done)
+        print(f"already in {args.store} (hash {cfg.hash}): copied to {args.out}")
+        return EXIT_OK
+    device = _device(args.device)
+    suite = ReliabilitySuite(cfg, data_root=args.data_root, device=device, batch_size=args.batch_size,
+                             num_workers=args.workers, progress=not args.no_progress, use_cache=not args.no_cache)
     if args.model == "demo":
         from train.demo import ensure_demo_model
 
         ensure_demo_model(data_root=args.data_root, progress=not args.no_progress)
-    device = _device(args.device)
-    loaded = load_model(args.model, args.pretrained, device=device, precision=args.precision)
-    quant_info = None
-    if qspec is not None:
-        quant_info = _apply_quant(loaded, qspec, spec, args, device)
-    result = evaluate_zero_shot(loaded, spec, device=device, batch_size=args.batch_size,
-                                num_workers=args.workers, limit=args.limit, progress=not args.no_progress)
-    metrics = result.metrics()
-    n = metrics.pop("n")
-    record = eval_record(model=args.model, pretrained=args.pretrained, quant=args.quant and str(qspec),
-                         dataset=args.dataset, n=n, metrics=metrics)
-    if quant_info is not None:
-        record["quant_report"] = quant_info
+    record = suite.run()
+    record["versions"] = versions()
     write_json(args.out, record)
-    print(f"{args.model} on {args.dataset} (n={n}): acc1={metrics['acc1']:.4f} acc5={metrics['acc5']:.4f} "
-          f"-> {args.out}")
+    if store is not None:
+        store.append(record)
+    m = record["metrics"]
+    print(f"{args.model}{'' if qspec is None else ' ' + str(qspec)} on {args.dataset} (n={record['n']}): "
+          f"acc1={m['acc1']:.4f} acc5={m['acc5']:.4f} ece={m['ece']:.4f} -> {args.out}")
     return EXIT_OK
-
-
-def _apply_quant(loaded, qspec, dataset_spec, args: argparse.Namespace, device: str) -> dict:
-    """Quantize (or truncate) the loaded model in place; return its coverage summary."""
-    from evals.calib_data import make_calibrator
-    from quant.api import quantize_model
-
-    calibrate = None
-    if qspec.kind == "quant":
-        batches = args.calib_batches or qspec.calib_batches
-        calibrate = make_calibrator(loaded, dataset_spec, batches=batches, device=device, data_root=args.data_root,
-                                    text=qspec.scope == "vision+text")
-    report = quantize_model(loaded.model, qspec, calibrate)
-    print(f"quantized with {qspec}: linear maps covered {report.coverage_line()}", file=sys.stderr)
-    return {"coverage": {t: {"quantized": q, "total": n} for t, (q, n) in report.coverage.items()}}
 
 
 def _cmd_pretrain_demo(args: argparse.Namespace) -> int:

@@ -43,12 +43,14 @@ def fit_logit_scale(cos: torch.Tensor, labels: torch.Tensor, *, lo: float = 1e-2
     beta = math.sqrt(lo * hi)
     for _ in range(max_iter):
         g, h = _grad_curv(beta, cos, labels)
+        if abs(g) < 1e-12:
+            break
         if g > 0:
             hi = beta
         else:
             lo = beta
         step = beta - g / h if h > 0 else None
-        beta = step if step is not None and lo < step < hi else 0.5 * (lo + hi)
-        if hi - lo < tol * beta or abs(g) < 1e-12:
+        beta = step if step is not None and lo <= step <= hi else 0.5 * (lo + hi)
+        if hi - lo < tol * beta or abs(g / h if h > 0 else hi - lo) < tol * beta:
             break
     return math.log(beta)

@@ -81,7 +81,7 @@ def test_pretraining_changes_weights_and_is_deterministic(tiny_demo, data_root, 
 def test_demo_dir_env_override_and_first_use(tiny_demo, data_root, tmp_path, monkeypatch):
     monkeypatch.setenv("QCLIP_DEMO_DIR", str(tmp_path / "demo"))
     assert demo_dir() == tmp_path / "demo"
-    folder = ensure_demo_model(data_root=str(data_root), progress=False, recipe=DemoRecipe(**TINY))
+    folder = ensure_demo_model(data_root=str(data_root), progress=False, recipe=DemoRecipe(**TINY), evaluate=False)
     assert folder == tmp_path / "demo" and is_trained(folder)
     mtime = (folder / WEIGHTS_FILE).stat().st_mtime_ns
     ensure_demo_model(data_root=str(data_root), progress=False, recipe=DemoRecipe(**TINY))  # cached: no retrain

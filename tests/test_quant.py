@@ -452,3 +452,13 @@ def test_qat_rejects_untrainable_recipes():
         prepare_qat(build(MICRO), "w4a8-rot-lsq", calibrator(MICRO), backend="torchao")
     with pytest.raises(ValueError, match="backend"):
         prepare_qat(build(MICRO), "w4a8-lsq", calibrator(MICRO), backend="tensorrt")
+
+
+@pytest.mark.parametrize("beta, shift", [(20.0, 0.0), (20.0, 0.4), (60.0, -0.2), (5.0, 0.1)])
+def test_logit_scale_fit_converges_for_shifted_cosines(beta, shift):
+    g = torch.Generator().manual_seed(int(beta))
+    cos = torch.rand(5000, 10, generator=g) * 0.5 + shift
+    labels = torch.multinomial(torch.softmax(beta * cos, 1), 1, generator=g).squeeze(1)
+    ref = minimize_scalar(lambda b: nll_at(b, cos, labels), bounds=(0.01, 1000), method="bounded",
+                          options={"xatol": 1e-8})
+    assert math.exp(fit_logit_scale(cos, labels)) == pytest.approx(ref.x, rel=1e-4)

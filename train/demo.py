@@ -167,7 +167,8 @@ def pretrain_demo(out_dir: str | Path | None = None, recipe: DemoRecipe | None =
     return meta
 
 
-def ensure_demo_model(data_root: str | None = None, progress: bool = True, recipe: DemoRecipe | None = None) -> Path:
+def ensure_demo_model(data_root: str | None = None, progress: bool = True, recipe: DemoRecipe | None = None,
+                      evaluate: bool = True) -> Path:
     """Return the demo model folder, pretraining it first (once, under a file lock) when it is missing."""
     folder = demo_dir()
     if is_trained(folder):
@@ -177,5 +178,5 @@ def ensure_demo_model(data_root: str | None = None, progress: bool = True, recip
         if not is_trained(folder):
             print(f"qclip: the demo model is not cached yet; pretraining it into {folder} (about 10 minutes "
                   "on 2 CPU cores, once)", flush=True)
-            pretrain_demo(folder, recipe, data_root=data_root, progress=progress)
+            pretrain_demo(folder, recipe, data_root=data_root, progress=progress, evaluate=evaluate)
     return folder

@@ -1,0 +1,180 @@
+"""Top-label calibration metrics (ECE, adaptive ECE, MCE, NLL, Brier) and reliability diagrams.
+
+Convention (DESIGN.md, "Two softmaxes, named"): calibration is measured on the calibration-convention logits
+`logit_scale.exp() * cos`, softmaxed by `softmax_probs`; never on MCM's `softmax(cos / T)`. Functions named
+after probabilities take `probs` [N, C] (rows on the simplex), `nll` takes the logits themselves; `labels` are
+[N] class indices. All reductions run in float64 and return Python floats.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..paths import atomic_write_bytes
+
+__all__ = ["softmax_probs", "ece", "adaptive_ece", "mce", "nll", "brier", "reliability_bins", "plot_reliability"]
+
+_SIMPLEX_ATOL = 1e-3  # float16/bfloat16 softmax rows are off by a few 1e-4
+
+
+def softmax_probs(logits: torch.Tensor) -> torch.Tensor:
+    """Float64 softmax over classes of [N, C] calibration-convention logits (`logit_scale.exp() * cos`)."""
+    _check_matrix(logits, "logits")
+    return torch.softmax(logits.double(), dim=1)
+
+
+def _check_matrix(x: torch.Tensor, name: str) -> None:
+    if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{name} must be a non-empty [N, C] tensor, got {shape}")
+
+
+def _check_labels(labels: torch.Tensor, n: int, c: int) -> torch.Tensor:
+    if not isinstance(labels, torch.Tensor) or labels.ndim != 1 or labels.shape[0] != n:
+        shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise ValueError(f"labels must be a [N] tensor with N = {n}, got {shape}")
+    labels = labels.long()
+    if labels.min() < 0 or labels.max() >= c:
+        raise ValueError(f"labels must lie in [0, {c}), got range [{int(labels.min())}, {int(labels.max())}]")
+    return labels
+
+
+def _check_probs(probs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_matrix(probs, "probs")
+    labels = _check_labels(labels, probs.shape[0], probs.shape[1])
+    p = probs.double()
+    if not torch.isfinite(p).all() or p.min() < 0 or p.max() > 1:
+        raise ValueError("probs must be finite and in [0, 1]; for logits pass softmax_probs(logits)")
+    dev = float((p.sum(dim=1) - 1).abs().max())
+    if dev > _SIMPLEX_ATOL:
+        raise ValueError(f"probs rows must sum to 1 (max deviation {dev:.3g}); for logits pass softmax_probs(logits)")
+    return p, labels.to(p.device)
+
+
+def _top_label(probs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-label confidence and correctness (float64 0/1); ties in the max go to the lowest class index."""
+    p, labels = _check_probs(probs, labels)
+    conf, pred = p.amax(dim=1), p.argmax(dim=1)  # not max(dim=1): on a busy CPU its thread pool stalls for ms
+    return conf, (pred == labels).double()
+
+
+def _check_bins(n_bins: int) -> None:
+    if not isinstance(n_bins, int) or isinstance(n_bins, bool) or n_bins < 1:
+        raise ValueError(f"n_bins must be a positive int, got {n_bins!r}")
+
+
+def _equal_width(conf: torch.Tensor, correct: torch.Tensor,
+                 n_bins: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Bin edges and per-bin count, summed correctness and summed confidence for bins (i/n, (i+1)/n].
+
+    Bin 0 also takes a confidence of exactly 0; a confidence of exactly 1 lands in the last bin.
+    """
+    _check_bins(n_bins)
+    edges = torch.linspace(0.0, 1.0, n_bins + 1, dtype=torch.float64, device=conf.device)
+    idx = (torch.bucketize(conf, edges, right=False) - 1).clamp_(0, n_bins - 1)
+    count = torch.bincount(idx, minlength=n_bins).double()
+    acc_sum = torch.bincount(idx, weights=correct, minlength=n_bins)
+    conf_sum = torch.bincount(idx, weights=conf, minlength=n_bins)
+    return edges, count, acc_sum, conf_sum
+
+
+def ece(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
+    """Expected calibration error: Σ_b (n_b/N)·|acc_b − conf_b| over equal-width top-label bins (i/n, (i+1)/n]."""
+    conf, correct = _top_label(probs, labels)
+    _, count, acc_sum, conf_sum = _equal_width(conf, correct, n_bins)
+    return float((acc_sum - conf_sum).abs().sum() / conf.numel())
+
+
+def adaptive_ece(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
+    """Equal-mass ECE: sort by top-label confidence, split into `n_bins` near-equal groups, Σ (n_b/N)·|gap_b|."""
+    _check_bins(n_bins)
+    conf, correct = _top_label(probs, labels)
+    order = torch.argsort(conf, stable=True)
+    total = torch.zeros((), dtype=torch.float64, device=conf.device)
+    for group in torch.tensor_split(order, n_bins):
+        if group.numel():  # fewer samples than bins leaves some groups empty
+            total += (correct[group].sum() - conf[group].sum()).abs()
+    return float(total / conf.numel())
+
+
+def mce(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
+    """Maximum calibration error: max over non-empty equal-width bins (as in `ece`) of |acc_b − conf_b|."""
+    conf, correct = _top_label(probs, labels)
+    _, count, acc_sum, conf_sum = _equal_width(conf, correct, n_bins)
+    full = count > 0
+    return float(((acc_sum[full] - conf_sum[full]) / count[full]).abs().max())
+
+
+def nll(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean negative log-likelihood of softmax(logits) at the labels (cross-entropy, natural log)."""
+    _check_matrix(logits, "logits")
+    labels = _check_labels(labels, logits.shape[0], logits.shape[1])
+    return float(F.cross_entropy(logits.double(), labels.to(logits.device)))
+
+
+def brier(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    """Multiclass Brier score: mean over samples of Σ_c (p_c − onehot_c)², in [0, 2]."""
+    p, labels = _check_probs(probs, labels)
+    onehot = F.one_hot(labels, p.shape[1]).double()
+    return float(((p - onehot) ** 2).sum(dim=1).mean())
+
+
+def reliability_bins(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> dict[str, list]:
+    """Per-bin lists of the equal-width bins used by `ece`: `lower`, `upper`, `count`, `accuracy`, `confidence`.
+
+    `accuracy` and `confidence` are None for empty bins (JSON-safe); `count` is an int per bin.
+    """
+    conf, correct = _top_label(probs, labels)
+    edges, count, acc_sum, conf_sum = _equal_width(conf, correct, n_bins)
+    counts = [int(c) for c in count.tolist()]
+    acc = [a / c if c else None for a, c in zip(acc_sum.tolist(), counts)]
+    mean_conf = [s / c if c else None for s, c in zip(conf_sum.tolist(), counts)]
+    return {"lower": edges[:-1].tolist(), "upper": edges[1:].tolist(), "count": counts,
+            "accuracy": acc, "confidence": mean_conf}
+
+
+def _ece_from_bins(bins: dict[str, list]) -> float:
+    total = sum(bins["count"])
+    if not total:
+        return math.nan
+    return sum(c * abs(a - f) for c, a, f in zip(bins["count"], bins["accuracy"], bins["confidence"]) if c) / total
+
+
+def plot_reliability(bins: dict[str, list], path: str | os.PathLike, title: str | None = None) -> Path:
+    """Write a reliability diagram PNG (accuracy bars, gap to mean confidence, diagonal, ECE in the title)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: leaves the global backend alone
+    from matplotlib.figure import Figure
+
+    lower, upper = bins["lower"], bins["upper"]
+    full = [i for i, c in enumerate(bins["count"]) if c]
+    centers = [(lower[i] + upper[i]) / 2 for i in full]
+    widths = [upper[i] - lower[i] for i in full]
+    acc = [bins["accuracy"][i] for i in full]
+    conf = [bins["confidence"][i] for i in full]
+
+    fig = Figure(figsize=(4.5, 4.5), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.bar(centers, acc, width=widths, color="tab:blue", edgecolor="black", linewidth=0.6, label="accuracy")
+    ax.bar(centers, [abs(a - c) for a, c in zip(acc, conf)], bottom=[min(a, c) for a, c in zip(acc, conf)],
+           width=widths, color="tab:red", alpha=0.3, edgecolor="tab:red", hatch="//", linewidth=0.6, label="gap")
+    ax.plot([0, 1], [0, 1], "--", color="gray", linewidth=1, label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top-label)")
+    ax.set_ylabel("accuracy")
+    ax.set_aspect("equal")
+    ax.legend(loc="upper left", fontsize=8)
+    head = f"{title}\n" if title else ""
+    ax.set_title(f"{head}ECE = {_ece_from_bins(bins):.4f} (N = {sum(bins['count'])}, {len(lower)} bins)", fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)

@@ -1,0 +1,78 @@
+"""Append-only JSONL results store keyed by a config hash: atomic appends, skip-done on rerun, kill-safe.
+
+Each record is one line written with a single `write` on an `O_APPEND` descriptor and fsync'd, under a file
+lock so shards can share one store. A line cut short by a crash is ignored on read, so an interrupted run
+loses at most the record in flight.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+from filelock import FileLock
+
+__all__ = ["config_hash", "ResultsStore"]
+
+
+def config_hash(config: dict) -> str:
+    """Stable 16-hex-digit hash of a JSON-serialisable config (key order does not matter)."""
+    blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class ResultsStore:
+    """One JSONL file of result records; `record["hash"]` identifies the config that produced it."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = FileLock(str(self.path) + ".lock")
+
+    def records(self) -> list[dict]:
+        """All complete records, in write order (a torn last line is skipped)."""
+        if not self.path.exists():
+            return []
+        out = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict) and "hash" in rec:
+                out.append(rec)
+        return out
+
+    def done(self) -> set[str]:
+        """Hashes of configs that already have a record."""
+        return {r["hash"] for r in self.records()}
+
+    def get(self, hash_: str) -> dict | None:
+        """The record of a config hash, if any (the first one written)."""
+        return next((r for r in self.records() if r["hash"] == hash_), None)
+
+    def append(self, record: dict) -> bool:
+        """Append `record` unless its hash is already stored; return True when written."""
+        if "hash" not in record:
+            raise ValueError("a record needs a 'hash' (see config_hash)")
+        line = json.dumps({**record, "written_at": record.get("written_at", time.time())}, allow_nan=False,
+                          sort_keys=True) + "\n"
+        with self._lock:
+            if record["hash"] in self.done():
+                return False
+            with open(self.path, "rb+" if self.path.exists() else "wb") as f:  # mend a torn last line first
+                f.seek(0, os.SEEK_END)
+                if f.tell() > 0:
+                    f.seek(-1, os.SEEK_END)
+                    if f.read(1) != b"\n":
+                        f.write(b"\n")
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, line.encode("utf-8"))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        return True

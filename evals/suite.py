@@ -1,0 +1,233 @@
+"""The one-pass reliability suite: one feature extraction per (model, quant, dataset, corruption) feeds every
+metric — accuracy, calibration (ECE, adaptive ECE, MCE, NLL, Brier, ECE after logit-scale tuning), OOD
+detection (MCM, max-logit, energy, entropy → AUROC, AUPR, FPR95), corruption and shift accuracy, spurious gaps —
+plus bootstrap intervals and the relative change δ against the full-precision model.
+
+Conventions: calibration uses logits = logit_scale.exp() · cos; MCM uses softmax(cos / T) with T = 1; OOD
+metrics take ID as the positive class and FPR95 is the share of OOD samples accepted at 95% ID recall.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .data import DatasetSpec, resolve_dataset
+from .errors import DataError, QclipInputError
+from .features import dataset_features
+from .metrics import (SCORE_INPUTS, SCORES, adaptive_ece, auroc, bootstrap_ci, bootstrap_ci_two_sample, brier,
+                      delta_rsg, ece, mce, nll, ood_metrics, relative_changes, reliability_bins, rsg, vuln_add)
+from .models import LoadedModel, load_model
+from .store import config_hash
+from .zeroshot import model_fingerprint, topk_accuracy, zero_shot_classifier
+
+__all__ = ["SuiteConfig", "ReliabilitySuite", "calibration_metrics", "ece_after_tuning", "map_classes"]
+
+
+@dataclass
+class SuiteConfig:
+    """Everything that determines a suite result (its hash keys the results store)."""
+
+    model: str
+    dataset: str
+    pretrained: str | None = None
+    quant: str | None = None
+    split: str = "test"
+    ood: list[str] = field(default_factory=list)
+    corruptions: list[tuple[str, int]] = field(default_factory=list)
+    shift: list[str] = field(default_factory=list)
+    spurious: tuple[str, str] | None = None
+    limit: int | None = None
+    ood_limit: int | None = None
+    seed: int = 0
+    bootstrap: int = 200
+    calib_batches: int | None = None
+    precision: str = "fp32"
+
+    def key(self) -> dict:
+        """The hashed part (runtime settings such as device or workers excluded)."""
+        d = asdict(self)
+        d["corruptions"] = [f"{n}:{s}" for n, s in self.corruptions]
+        return d
+
+    @property
+    def hash(self) -> str:
+        """Config hash for the results store."""
+        return config_hash(self.key())
+
+
+def calibration_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict:
+    """acc1, acc5, ECE (15 equal-width bins), adaptive ECE, MCE, NLL and Brier of calibration-convention logits."""
+    probs = logits.float().softmax(-1)
+    acc = topk_accuracy(logits, labels, (1, 5))
+    return {"acc1": acc[1], "acc5": acc[5], "ece": ece(probs, labels), "ece_adaptive": adaptive_ece(probs, labels),
+            "mce": mce(probs, labels), "nll": nll(logits, labels), "brier": brier(probs, labels)}
+
+
+def ece_after_tuning(cos: torch.Tensor, labels: torch.Tensor, seed: int = 0) -> dict:
+    """Fit the logit scale by NLL on one half of a seeded split, report ECE on the other half."""
+    from quant.temperature import fit_logit_scale
+
+    n = labels.numel()
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    fit, held = perm[: n // 2], perm[n // 2:]
+    log_scale = fit_logit_scale(cos[fit], labels[fit])
+    probs = (math.exp(log_scale) * cos[held]).softmax(-1)
+    return {"ece_ts": ece(probs, labels[held]), "logit_scale_ts": math.exp(log_scale)}
+
+
+def map_classes(source: tuple[str, ...], target: tuple[str, ...]) -> torch.Tensor:
+    """Index in `target` of each `source` class name (case-insensitive exact match), −1 when absent."""
+    index = {name.strip().lower(): i for i, name in enumerate(target)}
+    return torch.tensor([index.get(name.strip().lower(), -1) for name in source])
+
+
+class ReliabilitySuite:
+    """Evaluates a model (and its quantized variant) on an ID set and the configured OOD/shift/corruption sets."""
+
+    def __init__(self, cfg: SuiteConfig, *, data_root: str | None = None, device: str = "cpu", batch_size: int = 256,
+                 num_workers: int = 2, progress: bool = True, use_cache: bool = True):
+        self.cfg, self.data_root, self.device = cfg, data_root, device
+        self.batch_size, self.num_workers, self.progress, self.use_cache = batch_size, num_workers, progress, use_cache
+        self._memo: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.id_spec = resolve_dataset(cfg.dataset, data_root, cfg.split)
+        self.ood_specs = {name: resolve_dataset(name, data_root, "test") for name in cfg.ood}
+        self.shift_specs = {name: resolve_dataset(name, data_root, "test") for name in cfg.shift}
+        self.spurious_specs = ({name: resolve_dataset(name, data_root, "test") for name in cfg.spurious}
+                               if cfg.spurious else {})
+        for name, spec in self.shift_specs.items():
+            if (map_classes(spec.classnames, self.id_spec.classnames) < 0).all():
+                raise DataError(f"shift dataset {name} shares no class name with {cfg.dataset}")
+
+    # ------------------------------------------------------------------------------------------ model variants
+    def load(self) -> LoadedModel:
+        """The full-precision model."""
+        return load_model(self.cfg.model, self.cfg.pretrained, device=self.device, precision=self.cfg.precision)
+
+    def quantized(self, fp: LoadedModel) -> tuple[LoadedModel, dict]:
+        """A quantized (or truncated) deep copy of `fp` per `cfg.quant`, with its coverage report."""
+        from quant.api import quantize_model
+        from quant.spec import parse_spec
+
+        from .calib_data import make_calibrator
+
+        try:
+            spec = parse_spec(self.cfg.quant)
+        except ValueError as exc:
+            raise QclipInputError(f"bad --quant {self.cfg.quant!r}: {exc}") from None
+        loaded = fp._replace(model=copy.deepcopy(fp.model))
+        calibrate = None
+        if spec.kind == "quant":
+            calibrate = make_calibrator(loaded, self.id_spec, batches=self.cfg.calib_batches or spec.calib_batches,
+                                        device=self.device, data_root=self.data_root,
+                                        text=spec.scope == "vision+text")
+        report = quantize_model(loaded.model, spec, calibrate)
+        return loaded, {"spec": str(spec), "coverage": {t: {"quantized": q, "total": n}
+                                                        for t, (q, n) in report.coverage.items()}}
+
+    # ----------------------------------------------------------------------------------------------- metrics
+    def _features(self, loaded: LoadedModel, key: str, spec: DatasetSpec, limit, corruption=None):
+        """Features of one (model, dataset, corruption): extracted once per run (memo), cached on disk."""
+        memo_key = (key, spec.name, spec.split, limit, corruption)
+        if memo_key not in self._memo:
+            self._memo[memo_key] = dataset_features(
+                loaded.model, loaded.preprocess, spec, model_key=key, corruption=corruption, limit=limit,
+                batch_size=self.batch_size, num_workers=self.num_workers, device=self.device, progress=self.progress,
+                use_cache=self.use_cache, seed=self.cfg.seed)
+        return self._memo[memo_key]
+
+    @torch.no_grad()
+    def evaluate(self, loaded: LoadedModel) -> tuple[dict, dict]:
+        """All metrics of one model variant, and the raw arrays the FP comparison needs."""
+        cfg, model = self.cfg, loaded.model.eval()
+        key = model_fingerprint(model)
+        scale = float(model.logit_scale.detach().float().exp())
+        clf = zero_shot_classifier(model, loaded.tokenizer, self.id_spec.classnames, self.id_spec.templates,
+                                   device=self.device, use_cache=self.use_cache).float().cpu()
+
+        def cosines(feats):
+            return F.normalize(feats.float(), dim=-1) @ clf
+
+        feats, labels = self._features(loaded, key, self.id_spec, cfg.limit)
+        cos = cosines(feats)
+        logits = scale * cos
+        m = calibration_metrics(logits, labels)
+        m["n"] = int(labels.numel())
+        m["logit_scale"] = scale
+        m.update(ece_after_tuning(cos, labels, cfg.seed))
+        m["reliability"] = reliability_bins(logits.softmax(-1), labels)
+        boot = dict(n_boot=cfg.bootstrap, seed=cfg.seed)
+        ci: dict = {}
+        if cfg.bootstrap > 0:
+            ci["acc1"] = bootstrap_ci(lambda lg, y: topk_accuracy(lg, y, (1,))[1], logits, labels, **boot)
+            ci["ece"] = bootstrap_ci(lambda lg, y: ece(lg.softmax(-1), y), logits, labels, **boot)
+            ci["auroc_mcm"] = {}
+
+        def scores(c: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {s: fn(c if SCORE_INPUTS[s] == "cos" else scale * c) for s, fn in SCORES.items()}
+
+        id_scores = scores(cos)
+        m["ood"] = {}
+        for name, spec in self.ood_specs.items():
+            f_ood, _ = self._features(loaded, key, spec, cfg.ood_limit)
+            ood_scores = scores(cosines(f_ood))
+            m["ood"][name] = {s: ood_metrics(id_scores[s], ood_scores[s]) for s in SCORES}
+            if cfg.bootstrap > 0:
+                ci["auroc_mcm"][name] = bootstrap_ci_two_sample(auroc, id_scores["mcm"], ood_scores["mcm"], **boot)
+        m["corruptions"] = {}
+        for name, severity in cfg.corruptions:
+            f_c, y_c = self._features(loaded, key, self.id_spec, cfg.limit, corruption=(name, severity))
+            cm = calibration_metrics(scale * cosines(f_c), y_c)
+            m["corruptions"][f"{name}:{severity}"] = {k: cm[k] for k in ("acc1", "ece", "nll", "brier")}
+        m["shift"] = {}
+        for name, spec in self.shift_specs.items():
+            f_s, y_s = self._features(loaded, key, spec, cfg.ood_limit)
+            mapped = map_classes(spec.classnames, self.id_spec.classnames)[y_s]
+            keep = mapped >= 0
+            sm = calibration_metrics(scale * cosines(f_s[keep]), mapped[keep])
+            m["shift"][name] = {"acc1": sm["acc1"], "ece": sm["ece"], "n": int(keep.sum())}
+        if self.spurious_specs:
+            accs = []
+            for name, spec in self.spurious_specs.items():
+                own = zero_shot_classifier(model, loaded.tokenizer, spec.classnames, spec.templates,
+                                           device=self.device, use_cache=self.use_cache).float().cpu()
+                f_sp, y_sp = self._features(loaded, key, spec, cfg.ood_limit)
+                accs.append(topk_accuracy(F.normalize(f_sp, dim=-1) @ own, y_sp, (1,))[1])
+            m["spurious"] = {"acc_common": accs[0], "acc_counter": accs[1], "rsg": rsg(accs[0], accs[1])}
+        m["ci"] = ci
+        return m, {"features": feats}
+
+    def run(self) -> dict:
+        """Evaluate the configured model (and, with a quant spec, its FP reference); return the record."""
+        t0 = time.perf_counter()
+        fp = self.load()
+        record = {"hash": self.cfg.hash, "config": self.cfg.key(), "model": self.cfg.model,
+                  "pretrained": self.cfg.pretrained, "quant": self.cfg.quant, "dataset": self.cfg.dataset}
+        if self.cfg.quant:
+            q, record["quant_report"] = self.quantized(fp)
+            fp_metrics, _ = self.evaluate(fp)
+            metrics, _ = self.evaluate(q)
+            metrics["delta"] = relative_changes(_numeric(fp_metrics), _numeric(metrics))
+            if "spurious" in metrics:
+                f, qd = fp_metrics["spurious"], metrics["spurious"]
+                metrics["spurious"]["delta_rsg"] = delta_rsg(f["acc_common"], f["acc_counter"], qd["acc_common"],
+                                                             qd["acc_counter"])
+                metrics["spurious"]["vuln_add"] = vuln_add(f["acc_common"], f["acc_counter"], qd["acc_common"],
+                                                           qd["acc_counter"])
+            record["fp_metrics"] = fp_metrics
+        else:
+            metrics, _ = self.evaluate(fp)
+        record["n"] = metrics.pop("n")
+        record["metrics"] = metrics
+        record["seconds"] = round(time.perf_counter() - t0, 2)
+        return record
+
+
+def _numeric(metrics: dict) -> dict:
+    """The metric tree without diagnostics that have no meaningful relative change."""
+    return {k: v for k, v in metrics.items() if k not in ("reliability", "ci", "n", "logit_scale", "logit_scale_ts")}
