@@ -77,7 +77,9 @@ def _equal_width(conf: torch.Tensor, correct: torch.Tensor,
     """
     _check_bins(n_bins)
     edges = torch.linspace(0.0, 1.0, n_bins + 1, dtype=torch.float64, device=conf.device)
-    idx = (torch.bucketize(conf, edges, right=False) - 1).clamp_(0, n_bins - 1)
+    # bin = number of inner edges strictly below conf; plain comparisons, because bucketize's thread pool makes
+    # bootstrap loops of small calls stall on a busy CPU
+    idx = (conf.unsqueeze(1) > edges[1:-1]).sum(dim=1)
     count = torch.bincount(idx, minlength=n_bins).double()
     acc_sum = torch.bincount(idx, weights=correct, minlength=n_bins)
     conf_sum = torch.bincount(idx, weights=conf, minlength=n_bins)
