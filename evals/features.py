@@ -37,11 +37,13 @@ def _normalizer(norm: Normalize | None, device) -> Callable[[torch.Tensor], torc
 def dataset_features(model: nn.Module, preprocess: Callable, spec: DatasetSpec, *, model_key: str,
                      corruption: tuple[str, int] | None = None, limit: int | None = None, batch_size: int = 256,
                      num_workers: int = 2, device: str | torch.device = "cpu", progress: bool = True,
-                     use_cache: bool = True, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                     use_cache: bool = True, seed: int = 0, autocast: bool = False
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Float32 image features and labels of `spec` (optionally corrupted), cached by model/data/corruption key."""
     key = hashlib.sha256(json.dumps({"model": model_key, "dataset": spec.name, "split": spec.split,
                                      "shards": list(spec.shards), "limit": limit, "corruption": corruption,
-                                     "seed": seed, "preprocess": repr(preprocess)}).encode()).hexdigest()[:32]
+                                     "seed": seed, "autocast": autocast,
+                                     "preprocess": repr(preprocess)}).encode()).hexdigest()[:32]
     path = cache_dir("features") / f"{key}.pt"
     if use_cache and path.is_file():
         try:
@@ -65,7 +67,7 @@ def dataset_features(model: nn.Module, preprocess: Callable, spec: DatasetSpec, 
     loader = make_loader(spec, transform, batch_size=batch_size, num_workers=num_workers, limit=limit)
     desc = spec.name + (f" {corruption[0]}:{corruption[1]}" if corruption else "")
     feats, labels = extract_image_features(model, loader, device=device, total=limit, progress=progress, desc=desc,
-                                           batch_transform=batch_transform)
+                                           batch_transform=batch_transform, autocast=autocast)
     if use_cache:
         buf = io.BytesIO()
         torch.save({"features": feats, "labels": labels}, buf)

@@ -142,6 +142,8 @@ def load_model(name: str, pretrained: str | None = None, device: str | torch.dev
     hyper-parameters hold `model_name`).
     """
     register_model_configs()
+    if precision.startswith("amp"):
+        precision = "fp32"  # autocast precisions keep float32 weights (see evals.zeroshot.extract_image_features)
     file_weights: Path | None = None
     if name == "demo":
         folder = demo_dir()

@@ -138,7 +138,7 @@ class ReliabilitySuite:
             self._memo[memo_key] = dataset_features(
                 loaded.model, loaded.preprocess, spec, model_key=key, corruption=corruption, limit=limit,
                 batch_size=self.batch_size, num_workers=self.num_workers, device=self.device, progress=self.progress,
-                use_cache=self.use_cache, seed=self.cfg.seed)
+                use_cache=self.use_cache, seed=self.cfg.seed, autocast=self.cfg.precision.startswith("amp"))
         return self._memo[memo_key]
 
     @torch.no_grad()

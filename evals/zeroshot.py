@@ -93,11 +93,13 @@ def zero_shot_classifier(model: nn.Module, tokenizer: Callable, classnames: Sequ
 @torch.no_grad()
 def extract_image_features(model: nn.Module, loader: Iterable, *, device: str | torch.device = "cpu",
                            total: int | None = None, progress: bool = True, desc: str = "image features",
-                           batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
+                           batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                           autocast: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the image tower over a loader of (images, labels); return unnormalised float32 features and labels.
 
-    `batch_transform` (e.g. corrupt, then normalise) is applied to each image batch on the device first."""
+    `batch_transform` (e.g. corrupt, then normalise) is applied to each image batch on the device first;
+    `autocast` runs the tower under bfloat16 autocast (precision "amp_bf16")."""
+    device_type = torch.device(device).type
     feats, labels = [], []
     batches = iter(loader)
     try:
@@ -106,7 +108,8 @@ def extract_image_features(model: nn.Module, loader: Iterable, *, device: str | 
                 images, target = batch[0].to(device, non_blocking=True), batch[1]
                 if batch_transform is not None:
                     images = batch_transform(images)
-                out = model.encode_image(images)
+                with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
+                    out = model.encode_image(images)
                 feats.append(out.float().cpu())
                 labels.append(torch.as_tensor(target).cpu())
                 bar.update(len(images))

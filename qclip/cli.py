@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16", "pure_fp16", "pure_bf16"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "amp_bf16", "fp16", "bf16", "pure_fp16", "pure_bf16"],
+                   help="weights/compute precision; amp_bf16 = float32 weights, image tower under bfloat16 autocast")
     p.add_argument("--batch-size", type=_positive_int, default=256)
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
