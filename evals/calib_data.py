@@ -51,3 +51,29 @@ def make_calibrator(loaded: LoadedModel, spec: DatasetSpec, *, batches: int = 8,
                 model.encode_text(tokens[start:start + 256].to(device))
 
     return calibrate
+
+
+def quantize_loaded(fp: LoadedModel, spec_text: str, dataset: DatasetSpec, *, device: str | torch.device = "cpu",
+                    data_root: str | None = None, calib_batches: int | None = None) -> tuple[LoadedModel, dict]:
+    """A quantized (or rank-truncated) deep copy of `fp`, calibrated on `dataset`, with its coverage summary."""
+    import copy
+
+    from quant.api import quantize_model
+    from quant.spec import parse_spec
+
+    from .errors import QclipInputError
+
+    try:
+        spec = parse_spec(spec_text)
+    except ValueError as exc:
+        raise QclipInputError(f"bad --quant {spec_text!r}: {exc}") from None
+    loaded = fp._replace(model=copy.deepcopy(fp.model))
+    calibrate = None
+    if spec.kind == "quant":
+        calibrate = make_calibrator(loaded, dataset, batches=calib_batches or spec.calib_batches, device=device,
+                                    data_root=data_root, text=spec.scope == "vision+text")
+    report = quantize_model(loaded.model, spec, calibrate)
+    summary = {"spec": str(spec), "coverage": {t: {"quantized": q, "total": n} for t, (q, n) in report.coverage.items()}}
+    if report.truncation:
+        summary["kept_ranks"] = {r.name: r.kept for r in report.truncation}
+    return loaded, summary

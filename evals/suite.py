@@ -9,7 +9,6 @@ metrics take ID as the positive class and FPR95 is the share of OOD samples acce
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -17,8 +16,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 
+from .calib_data import quantize_loaded
 from .data import DatasetSpec, resolve_dataset
-from .errors import DataError, QclipInputError
+from .errors import DataError
 from .features import dataset_features
 from .metrics import (SCORE_INPUTS, SCORES, adaptive_ece, auroc, bootstrap_ci, bootstrap_ci_two_sample, brier,
                       delta_rsg, ece, mce, nll, ood_metrics, relative_changes, reliability_bins, rsg, vuln_add)
@@ -111,24 +111,8 @@ class ReliabilitySuite:
 
     def quantized(self, fp: LoadedModel) -> tuple[LoadedModel, dict]:
         """A quantized (or truncated) deep copy of `fp` per `cfg.quant`, with its coverage report."""
-        from quant.api import quantize_model
-        from quant.spec import parse_spec
-
-        from .calib_data import make_calibrator
-
-        try:
-            spec = parse_spec(self.cfg.quant)
-        except ValueError as exc:
-            raise QclipInputError(f"bad --quant {self.cfg.quant!r}: {exc}") from None
-        loaded = fp._replace(model=copy.deepcopy(fp.model))
-        calibrate = None
-        if spec.kind == "quant":
-            calibrate = make_calibrator(loaded, self.id_spec, batches=self.cfg.calib_batches or spec.calib_batches,
-                                        device=self.device, data_root=self.data_root,
-                                        text=spec.scope == "vision+text")
-        report = quantize_model(loaded.model, spec, calibrate)
-        return loaded, {"spec": str(spec), "coverage": {t: {"quantized": q, "total": n}
-                                                        for t, (q, n) in report.coverage.items()}}
+        return quantize_loaded(fp, self.cfg.quant, self.id_spec, device=self.device, data_root=self.data_root,
+                               calib_batches=self.cfg.calib_batches)
 
     # ----------------------------------------------------------------------------------------------- metrics
     def _features(self, loaded: LoadedModel, key: str, spec: DatasetSpec, limit, corruption=None):

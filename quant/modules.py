@@ -16,7 +16,7 @@ from .observers import Observer
 from .primitives import fake_quantize, qrange
 
 __all__ = ["ActQuant", "QuantizedMixin", "quantize_module_", "dequantize_module_", "is_quantized",
-           "weight_grid_scale"]
+           "weight_grid_scale", "effective_weight"]
 
 
 class ActQuant(nn.Module):
@@ -110,6 +110,17 @@ def weight_grid_scale(module: nn.Module) -> torch.Tensor | None:
 
 
 @torch.no_grad()
+def effective_weight(module: nn.Module) -> torch.Tensor:
+    """The float weight a (possibly quantized, rotated) linear map applies to its un-rotated input."""
+    if not is_quantized(module):
+        return module.weight.detach()
+    w = module.weight_quant(module.weight) if module.weight_quant is not None else module.weight
+    if module.input_rotation is not None:
+        w = module.input_rotation.unfold_from_weight(w)
+    return w.detach()
+
+
+@torch.no_grad()
 def dequantize_module_(module: nn.Module) -> nn.Module:
     """Fold the weight quantizer (and any input rotation) into a plain float weight; restore the plain class.
 
@@ -117,10 +128,7 @@ def dequantize_module_(module: nn.Module) -> nn.Module:
     """
     if not is_quantized(module):
         return module
-    w = module.weight_quant(module.weight) if module.weight_quant is not None else module.weight
-    if module.input_rotation is not None:
-        w = module.input_rotation.unfold_from_weight(w)
-    module.weight.data.copy_(w.detach())
+    module.weight.data.copy_(effective_weight(module))
     for name in ("weight_quant", "input_quant", "input_rotation", "weight_scale"):
         if name in module._buffers:
             del module._buffers[name]

@@ -1,0 +1,218 @@
+"""`qclip spectrum`: weight and feature spectra of a model and its quantized (or truncated) variant, written as
+tidy CSVs and PNG plots (and optionally logged to wandb).
+
+Outputs in DIR: `weights_layers.csv` (one row per linear map: σ_max, stable/effective rank, entropy, alpha for
+FP and quantized, the error's top-subspace share), `weights_sigma.csv` (per layer and index: σ_fp, σ_q,
+σ_q/σ_fp), `features_sqnr.csv` (per rank: signal, error, SQNR), `features_bands.csv` (per model and band:
+SQNR and accuracy), `summary.json`, and `sigma_spectra.png`, `sqnr_vs_rank.png`, `band_accuracy.png`.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import logging
+import math
+import os
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from spectral.features import (band_accuracy, band_name, band_sqnr, feature_basis, parse_bands, per_rank_sqnr)
+from spectral.plots import plot_band_accuracy, plot_sigma_spectra, plot_sqnr
+from spectral.weights import damping_ratio, effective_rank, error_energy_split, layer_statistics, svdvals_batched
+
+from .calib_data import quantize_loaded
+from .data import resolve_dataset
+from .features import dataset_features
+from .models import LoadedModel, load_model
+from .zeroshot import model_fingerprint, zero_shot_classifier
+
+__all__ = ["SpectrumConfig", "weight_spectra", "run_spectrum"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SpectrumConfig:
+    """What `qclip spectrum` analyses."""
+
+    model: str
+    pretrained: str | None = None
+    quant: str | None = None
+    features: str | None = None
+    limit: int | None = 2000
+    bands: str = "0-8,8-64,64-"
+    truncate: str | None = None
+    svd: str = "svd"
+    top_fraction: float = 0.1
+    precision: str = "fp32"
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        return
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def weight_spectra(fp_model: torch.nn.Module, other: torch.nn.Module | None, *, method: str = "svd",
+                   top_fraction: float = 0.1) -> tuple[list[dict], list[dict]]:
+    """Per-layer statistics and per-index σ rows for every linear map (FP vs `other` when given)."""
+    from quant.modules import effective_weight
+    from quant.surgery import attention_surgery, list_linear_maps
+
+    fp_model = attention_surgery(copy.deepcopy(fp_model))
+    maps = list_linear_maps(fp_model)
+    w_fp = [fp_model.get_submodule(m.name).weight.detach() for m in maps]
+    s_fp = svdvals_batched(w_fp, method=method)
+    s_q, w_q = [None] * len(maps), [None] * len(maps)
+    if other is not None:
+        attention_surgery(other)
+        w_q = [effective_weight(other.get_submodule(m.name)) for m in maps]
+        s_q = svdvals_batched(w_q, method=method)
+    layers, sigmas = [], []
+    for m, wf, sf, wq, sq in zip(maps, w_fp, s_fp, w_q, s_q):
+        row = {"layer": m.name, "tower": m.tower, "role": m.role, "shape": "x".join(map(str, m.shape))}
+        row.update({f"fp_{k}": v for k, v in layer_statistics(sf).items()})
+        if sq is not None:
+            row.update({f"q_{k}": v for k, v in layer_statistics(sq).items()})
+            k = max(1, int(top_fraction * sf.numel()))
+            row.update({f"err_{k2}": v for k2, v in error_energy_split(wf, wq, k).items()})
+            ratio = damping_ratio(sf, sq)
+            row["mean_damping_top10pct"] = float(ratio[:k].mean())
+            row["mean_damping_bottom50pct"] = float(ratio[sf.numel() // 2:].mean())
+        layers.append(row)
+        for i in range(sf.numel()):
+            r = {"layer": m.name, "tower": m.tower, "role": m.role, "index": i, "rank_fraction": i / sf.numel(),
+                 "sigma_fp": float(sf[i])}
+            if sq is not None:
+                r["sigma_q"] = float(sq[i])
+                r["ratio"] = float(sq[i] / sf[i]) if sf[i] > 0 else float("nan")
+            sigmas.append(r)
+    return layers, sigmas
+
+
+def _features(loaded: LoadedModel, spec, limit, device, progress, use_cache, precision):
+    key = model_fingerprint(loaded.model)
+    return dataset_features(loaded.model, loaded.preprocess, spec, model_key=key, limit=limit, device=device,
+                            progress=progress, use_cache=use_cache, autocast=precision.startswith("amp"))
+
+
+def run_spectrum(cfg: SpectrumConfig, out_dir: str | os.PathLike, *, data_root: str | None = None,
+                 device: str = "cpu", progress: bool = True, use_cache: bool = True, wandb_run=None) -> dict:
+    """Run the weight (and, with `cfg.features`, feature) analyses; write CSVs, PNGs and summary.json."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    bands = parse_bands(cfg.bands)
+    spec = resolve_dataset(cfg.features, data_root, "test") if cfg.features else None
+    calib_spec = spec or (resolve_dataset("wds/cifar10", data_root, "test") if cfg.quant else None)
+    fp = load_model(cfg.model, cfg.pretrained, device=device, precision=cfg.precision)
+    variants: dict[str, LoadedModel] = {"fp": fp}
+    summary: dict = {"config": asdict(cfg), "outputs": []}
+    if cfg.quant:
+        variants["quantized"], summary["quant_report"] = quantize_loaded(fp, cfg.quant, calib_spec, device=device,
+                                                                        data_root=data_root)
+    if cfg.truncate:
+        variants["truncated"], summary["truncate_report"] = quantize_loaded(fp, cfg.truncate, calib_spec,
+                                                                           device=device, data_root=data_root)
+    other = variants.get("quantized") or variants.get("truncated")
+    layers, sigmas = weight_spectra(fp.model, None if other is None else copy.deepcopy(other.model),
+                                    method=cfg.svd, top_fraction=cfg.top_fraction)
+    _write_csv(out / "weights_layers.csv", layers)
+    _write_csv(out / "weights_sigma.csv", sigmas)
+    summary["layers"] = len(layers)
+    groups: dict[str, list] = defaultdict(list)
+    by_layer: dict[str, list] = defaultdict(list)
+    for r in sigmas:
+        by_layer[(r["tower"], r["role"], r["layer"])].append(r)
+    for (tower, role, _), rows in by_layer.items():
+        fp_s = [r["sigma_fp"] for r in rows]
+        groups[f"{tower}/{role}"].append((fp_s, [r.get("sigma_q", math.nan) for r in rows] if other else fp_s))
+    if other is not None:
+        plot_sigma_spectra(dict(groups), out / "sigma_spectra.png", title=f"{cfg.model}: FP vs {cfg.quant or cfg.truncate}")
+        summary["outputs"].append("sigma_spectra.png")
+        changed = [r for r in layers if r["err_error_energy"] > 0]  # the maps in the spec's scope
+        summary["changed_layers"] = len(changed)
+        for key in ("mean_damping_top10pct", "mean_damping_bottom50pct", "err_top_share", "err_uniform_share"):
+            summary[f"avg_{key}"] = sum(r[key] for r in changed) / max(1, len(changed))
+    if spec is not None:
+        summary.update(_feature_analysis(cfg, variants, spec, bands, out, device, progress, use_cache))
+    summary["outputs"] += [p.name for p in sorted(out.glob("*.csv"))]
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    if wandb_run is not None:
+        _log_wandb(wandb_run, out, summary)
+    return summary
+
+
+def _feature_analysis(cfg, variants, spec, bands, out: Path, device, progress, use_cache) -> dict:
+    from scipy.stats import spearmanr
+
+    fp = variants["fp"]
+    clf = zero_shot_classifier(fp.model, fp.tokenizer, spec.classnames, spec.templates, device=device,
+                               use_cache=use_cache).float().cpu()
+    feats = {name: _features(v, spec, cfg.limit, device, progress, use_cache, cfg.precision)
+             for name, v in variants.items()}
+    f_fp, labels = feats["fp"]
+    basis = feature_basis(f_fp)
+    result: dict = {"feature_effective_rank": {}}
+    band_rows, acc = [], {}
+    for name, (f, y) in feats.items():
+        own = feature_basis(f)  # Analysis B: each model in its own basis
+        vclf = clf
+        if name != "fp":  # a quantized text tower has its own classifier
+            v = variants[name]
+            vclf = zero_shot_classifier(v.model, v.tokenizer, spec.classnames, spec.templates, device=device,
+                                        use_cache=use_cache).float().cpu()
+        acc[name] = band_accuracy(f, y, vclf, own, bands)
+        acc[name]["all"] = float(((F.normalize(f, dim=-1) @ vclf).argmax(-1) == y).float().mean())
+        result["feature_effective_rank"][name] = effective_rank(own.variances.sqrt())
+    for k in sorted({b[1] for b in bands if b[1]}):  # truncation control: FP features, top-k components
+        acc.setdefault("fp_top_k", {})
+        acc["fp_top_k"][f"top{k}"] = band_accuracy(f_fp, labels, clf, basis, ((0, k),))[band_name((0, k))]
+    if "quantized" in feats:
+        r = per_rank_sqnr(f_fp, feats["quantized"][0], basis)
+        sq = r["sqnr_db"]
+        _write_csv(out / "features_sqnr.csv", [{"rank": i, "signal": float(r["signal"][i]), "error": float(r["error"][i]),
+                                               "sqnr_db": float(sq[i])} for i in range(sq.numel())])
+        finite = torch.isfinite(sq)
+        rho = spearmanr(torch.arange(sq.numel())[finite].numpy(), sq[finite].numpy()).statistic
+        result["sqnr_spearman_rho"] = float(rho)
+        result["band_sqnr_db"] = band_sqnr(r["signal"], r["error"], bands)
+        plot_sqnr(sq.tolist(), out / "sqnr_vs_rank.png", title=f"{cfg.quant}: per-rank SQNR (Spearman ρ = {rho:.2f})",
+                  bands=bands)
+        for b, v in result["band_sqnr_db"].items():
+            band_rows.append({"model": "quantized", "band": b, "metric": "sqnr_db", "value": v})
+    for name, per_band in acc.items():
+        for b, v in per_band.items():
+            band_rows.append({"model": name, "band": b, "metric": "acc1", "value": v})
+    _write_csv(out / "features_bands.csv", band_rows)
+    plot_band_accuracy({k: {b: v for b, v in d.items() if b != "all"} for k, d in acc.items() if k != "fp_top_k"},
+                       out / "band_accuracy.png", title=f"{spec.name}: accuracy by rank band")
+    result["band_accuracy"] = acc
+    return result
+
+
+def _log_wandb(run, out: Path, summary: dict) -> None:
+    """Log CSV tables, PNG plots and scalar summaries to a wandb run."""
+    import wandb
+
+    for path in sorted(out.glob("*.csv")):
+        with open(path) as f:
+            rows = list(csv.reader(f))
+        if rows and len(rows) <= 200_001:
+            run.log({f"table/{path.stem}": wandb.Table(columns=rows[0], data=rows[1:])})
+    for path in sorted(out.glob("*.png")):
+        run.log({f"plot/{path.stem}": wandb.Image(str(path))})
+    scalars = {k: v for k, v in summary.items() if isinstance(v, (int, float))}
+    run.summary.update(scalars)
