@@ -13,7 +13,9 @@ Definitions (σ sorted descending, p_i = σ_i² / Σσ²):
 from __future__ import annotations
 
 import math
+import os
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -31,7 +33,8 @@ def svdvals_batched(weights: list[torch.Tensor], *, dtype: torch.dtype = torch.f
                     method: str = "svd") -> list[torch.Tensor]:
     """Singular values (descending) of many matrices, stacked by shape into one batched LAPACK call each.
 
-    method "svd": `torch.linalg.svdvals` (backward-stable). method "gram": eigenvalues of the smaller Gram
+    method "svd": `torch.linalg.svdvals` (backward-stable; non-square matrices are first reduced to their square
+    R factor by a QR decomposition, ~8x faster for 3072x768 on 2 cores). method "gram": eigenvalues of the smaller Gram
     matrix, σ = sqrt(λ); faster for wide/tall matrices but squares the condition number, so singular values
     below about sqrt(eps)·σ_max (≈ 3e-4·σ_max in float32, 1.5e-8 in float64) lose their relative accuracy.
     """
@@ -41,14 +44,38 @@ def svdvals_batched(weights: list[torch.Tensor], *, dtype: torch.dtype = torch.f
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)
     for i, m in enumerate(mats):
         groups[tuple(m.shape)].append(i)
-    out: list[torch.Tensor | None] = [None] * len(mats)
+    # Thread policy: LAPACK's SVD scales poorly across threads, so split each shape's stack over `workers`
+    # Python threads with one intra-op thread each (about 1.25x faster than one 2-thread call on 2 cores).
+    workers = max(1, min(2, os.cpu_count() or 1))
+    jobs = []
     for (rows, cols), idx in groups.items():
+        for part in (idx[w::workers] for w in range(workers)):
+            if part:
+                jobs.append((rows, cols, part))
+
+    def run(job):
+        rows, cols, idx = job
         stack = torch.stack([mats[i] for i in idx])
         if method == "svd":
-            s = torch.linalg.svdvals(stack)
+            if rows != cols:  # QR first: the R factor has the same singular values, and is square
+                tall = stack if rows > cols else stack.mT
+                stack = torch.linalg.qr(tall, mode="r").R
+            return idx, torch.linalg.svdvals(stack)
+        gram = stack @ stack.mT if rows <= cols else stack.mT @ stack
+        return idx, torch.linalg.eigvalsh(gram).clamp(min=0).sqrt().flip(-1)
+
+    out: list[torch.Tensor | None] = [None] * len(mats)
+    threads = torch.get_num_threads()
+    try:
+        if workers > 1 and len(jobs) > 1:
+            torch.set_num_threads(1)
+            with ThreadPoolExecutor(workers) as pool:
+                results = list(pool.map(run, jobs))
         else:
-            gram = stack @ stack.mT if rows <= cols else stack.mT @ stack
-            s = torch.linalg.eigvalsh(gram).clamp(min=0).sqrt().flip(-1)
+            results = [run(j) for j in jobs]
+    finally:
+        torch.set_num_threads(threads)
+    for idx, s in results:
         for j, i in enumerate(idx):
             out[i] = s[j]
     return out
@@ -88,28 +115,32 @@ def powerlaw_alpha(s: torch.Tensor, *, min_tail: int = 10, eigenvalues: bool = F
     lam = (s.double() if eigenvalues else s.double() ** 2)
     lam = torch.sort(lam[lam > 0]).values
     n_all = lam.numel()
+    nan = {"alpha": float("nan"), "xmin": float("nan"), "ks": float("nan"), "n_tail": 0}
     if n_all < min_tail:
-        return {"alpha": float("nan"), "xmin": float("nan"), "ks": float("nan"), "n_tail": 0}
+        return nan
     logs = lam.log()
-    # suffix sums of log λ for every candidate start index (the tail is lam[i:])
-    suffix = torch.flip(torch.cumsum(torch.flip(logs, [0]), 0), [0])
-    best = None
-    for i in range(0, n_all - min_tail + 1):
-        n = n_all - i
-        denom = float(suffix[i] - n * logs[i])
-        if denom <= 0:
-            continue
-        alpha = 1.0 + n / denom
-        tail = lam[i:]
-        cdf_fit = 1.0 - (tail / lam[i]) ** (1.0 - alpha)
-        emp_hi = torch.arange(1, n + 1, dtype=torch.float64) / n
-        emp_lo = torch.arange(0, n, dtype=torch.float64) / n
-        ks = float(torch.maximum((cdf_fit - emp_lo).abs(), (emp_hi - cdf_fit).abs()).max())
-        if best is None or ks < best[2]:
-            best = (alpha, float(lam[i]), ks, n)
-    if best is None:
-        return {"alpha": float("nan"), "xmin": float("nan"), "ks": float("nan"), "n_tail": 0}
-    return {"alpha": best[0], "xmin": best[1], "ks": best[2], "n_tail": best[3]}
+    suffix = torch.flip(torch.cumsum(torch.flip(logs, [0]), 0), [0])  # Σ_{j≥i} log λ_j
+    cand = torch.arange(0, n_all - min_tail + 1)
+    n = (n_all - cand).double()
+    denom = suffix[cand] - n * logs[cand]
+    alpha = 1.0 + n / denom.clamp(min=1e-300)
+    j = torch.arange(n_all)
+    best_ks = torch.full((cand.numel(),), float("inf"), dtype=torch.float64)
+    for start in range(0, cand.numel(), 256):  # vectorised over candidate xmin, in chunks to bound memory
+        c = cand[start:start + 256]
+        a = alpha[start:start + 256, None]
+        ratio = (lam[None, :] / lam[c, None]).clamp(min=1.0)
+        fit = 1.0 - ratio ** (1.0 - a)
+        pos = (j[None, :] - c[:, None]).double()
+        nn_ = n[start:start + 256, None]
+        dev = torch.maximum((fit - pos / nn_).abs(), ((pos + 1) / nn_ - fit).abs())
+        dev = torch.where(pos >= 0, dev, torch.zeros_like(dev))
+        best_ks[start:start + 256] = dev.amax(1)
+    best_ks = torch.where(denom > 0, best_ks, torch.full_like(best_ks, float("inf")))
+    i = int(torch.argmin(best_ks))
+    if not torch.isfinite(best_ks[i]):
+        return nan
+    return {"alpha": float(alpha[i]), "xmin": float(lam[cand[i]]), "ks": float(best_ks[i]), "n_tail": int(n[i])}
 
 
 def damping_ratio(s_ref: torch.Tensor, s_other: torch.Tensor) -> torch.Tensor:
