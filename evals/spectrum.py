@@ -51,6 +51,8 @@ class SpectrumConfig:
     svd: str = "svd"
     top_fraction: float = 0.1
     precision: str = "fp32"
+    frequency_images: int = 512
+    perturbation_std: float = 0.1
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
@@ -148,6 +150,8 @@ def run_spectrum(cfg: SpectrumConfig, out_dir: str | os.PathLike, *, data_root: 
             summary[f"avg_{key}"] = sum(r[key] for r in changed) / max(1, len(changed))
     if spec is not None:
         summary.update(_feature_analysis(cfg, variants, spec, bands, out, device, progress, use_cache))
+        if cfg.frequency_images > 0:
+            summary.update(_frequency_analysis(cfg, variants, spec, out, device))
     summary["outputs"] += [p.name for p in sorted(out.glob("*.csv"))]
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     if wandb_run is not None:
@@ -216,3 +220,73 @@ def _log_wandb(run, out: Path, summary: dict) -> None:
         run.log({f"plot/{path.stem}": wandb.Image(str(path))})
     scalars = {k: v for k, v in summary.items() if isinstance(v, (int, float))}
     run.summary.update(scalars)
+
+
+def _feature_map_module(model: torch.nn.Module) -> tuple[torch.nn.Module, bool]:
+    """The module whose output is the image tower's spatial feature map, and whether it returns ViT tokens."""
+    visual = model.visual
+    if hasattr(visual, "transformer"):
+        return visual.transformer, True
+    if hasattr(visual, "layer1"):  # ModifiedResNet: the last stage that keeps >= 8x8 at 32 px
+        return visual.layer1, False
+    raise ValueError(f"no spatial feature map known for {type(visual).__name__}")
+
+
+@torch.no_grad()
+def _frequency_analysis(cfg, variants, spec, out: Path, device) -> dict:
+    """Radial FFT energy of feature maps (FP vs others) and accuracy under low/mid/high-frequency noise."""
+    from itertools import islice
+
+    from spectral.frequency import BANDS, band_energy_fractions, perturb_band, radial_energy, radial_frequencies, \
+        tokens_to_grid
+    from spectral.plots import plot_radial_profiles
+
+    from .data import make_loader
+    from .features import split_normalize
+
+    fp = variants["fp"]
+    to_tensor, norm = split_normalize(fp.preprocess)
+    loader = make_loader(spec, to_tensor, batch_size=128, num_workers=0, limit=cfg.frequency_images)
+    batches = list(islice(loader, None))
+    images = torch.cat([b[0] for b in batches]).to(device)
+    labels = torch.cat([b[1] for b in batches])
+    mean = torch.tensor(norm.mean, device=device).view(1, -1, 1, 1) if norm else 0.0
+    std = torch.tensor(norm.std, device=device).view(1, -1, 1, 1) if norm else 1.0
+    profiles, fractions, rows, freq = {}, {}, [], None
+    gen = torch.Generator().manual_seed(0)
+    noise = {band: perturb_band(images.cpu(), band, std=cfg.perturbation_std, generator=gen).to(device)
+             for band in BANDS}
+    for name, v in variants.items():
+        module, tokens = _feature_map_module(v.model)
+        captured = []
+        handle = module.register_forward_hook(lambda m, i, o: captured.append(o[0] if isinstance(o, tuple) else o))
+        try:
+            v.model.encode_image((images - mean) / std)
+        finally:
+            handle.remove()
+        maps = captured[0].float()
+        maps = tokens_to_grid(maps if maps.shape[0] == images.shape[0] else maps.transpose(0, 1)) if tokens else maps
+        prof = radial_energy(maps, normalize=True)
+        profiles[name] = prof.tolist()
+        freq = radial_frequencies(maps.shape[-2], maps.shape[-1], prof.numel()).tolist()
+        fractions[name] = band_energy_fractions(maps)
+        clf = zero_shot_classifier(v.model, v.tokenizer, spec.classnames, spec.templates, device=device).float()
+
+        def acc(x: torch.Tensor) -> float:
+            f = F.normalize(v.model.encode_image((x - mean) / std).float(), dim=-1)
+            return float(((f @ clf.to(f.device)).argmax(-1).cpu() == labels).float().mean())
+
+        clean = acc(images)
+        for band, x in noise.items():
+            a = acc(x)
+            rows.append({"model": name, "band": band, "noise_std": cfg.perturbation_std, "acc_clean": clean,
+                         "acc_perturbed": a, "drop": clean - a})
+        for i, (r, p) in enumerate(zip(freq, prof.tolist())):
+            rows_r = {"model": name, "ring": i, "frequency": r, "power_share": p}
+            fractions.setdefault("_rows", []).append(rows_r)
+    radial_rows = fractions.pop("_rows")
+    _write_csv(out / "frequency_radial.csv", radial_rows)
+    _write_csv(out / "frequency_perturbation.csv", rows)
+    plot_radial_profiles(profiles, freq, out / "fft_radial.png", title=f"{spec.name}: feature-map FFT energy")
+    return {"frequency_band_fractions": fractions,
+            "frequency_perturbation_drop": {f"{r['model']}/{r['band']}": r["drop"] for r in rows}}

@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--bands", default="0-8,8-64,64-", help="rank bands, e.g. 0-8,8-64,64-")
     sp.add_argument("--svd", default="svd", choices=["svd", "gram"], help="singular values by batched SVD or "
                     "Gram eigenvalues (faster, less accurate below ~3e-4·σ_max in float32)")
+    sp.add_argument("--frequency-images", type=int, default=512, help="images for the 2D-FFT and band-limited "
+                    "perturbation analyses (0: skip)")
     sp.add_argument("--data-root", default=None)
     sp.add_argument("--wandb", action="store_true", help="log tables and plots to wandb (offline unless configured)")
     sp.add_argument("--wandb-project", default="qclip")
@@ -195,7 +197,7 @@ def _cmd_spectrum(args: argparse.Namespace) -> int:
         ensure_demo_model(data_root=args.data_root, progress=not args.no_progress)
     cfg = SpectrumConfig(model=args.model, pretrained=args.pretrained, quant=args.quant, features=args.features,
                          limit=args.limit, bands=args.bands, truncate=args.truncate, svd=args.svd,
-                         precision=args.precision)
+                         precision=args.precision, frequency_images=args.frequency_images)
     run = None
     if args.wandb:
         import wandb

@@ -18,11 +18,13 @@ def _rows(path):
 def test_spectrum_writes_csvs_plots_and_summary(micro_dir, data_root, tmp_path, capsys):
     out = tmp_path / "spec"
     rc = main(["spectrum", "--model", f"local-dir:{micro_dir}", "--quant", "w4a8", "--truncate", "rank-f0.5",
-               "--features", "wds/cifar10", "--limit", "300", "--bands", "0-4,4-16,16-", "--data-root",
+               "--features", "wds/cifar10", "--limit", "300", "--bands", "0-4,4-16,16-", "--frequency-images", "64",
+               "--data-root",
                str(data_root), "--no-progress", "--out", str(out)])
     assert rc == 0, capsys.readouterr().err
     for name in ("weights_layers.csv", "weights_sigma.csv", "features_sqnr.csv", "features_bands.csv",
-                 "summary.json", "sigma_spectra.png", "sqnr_vs_rank.png", "band_accuracy.png"):
+                 "summary.json", "sigma_spectra.png", "sqnr_vs_rank.png", "band_accuracy.png",
+                 "frequency_radial.csv", "frequency_perturbation.csv", "fft_radial.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     layers = _rows(out / "weights_layers.csv")
     assert len(layers) == 27  # every linear map of the micro ViT after surgery (vision 14 + text 13)
@@ -37,6 +39,11 @@ def test_spectrum_writes_csvs_plots_and_summary(micro_dir, data_root, tmp_path, 
     assert set(summary["band_accuracy"]) == {"fp", "quantized", "truncated", "fp_top_k"}
     full = summary["band_accuracy"]["fp"]
     assert 0 <= full["0-4"] <= 1 and 0 <= full["all"] <= 1
+    perturb = _rows(out / "frequency_perturbation.csv")
+    assert {(r["model"], r["band"]) for r in perturb} == {(m, b) for m in ("fp", "quantized", "truncated")
+                                                          for b in ("low", "mid", "high")}
+    fractions = summary["frequency_band_fractions"]["fp"]
+    assert sum(fractions.values()) == pytest.approx(1.0, abs=1e-5)  # ViT patch grid 4x4
     assert "Spearman rho" in capsys.readouterr().out
 
 
