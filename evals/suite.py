@@ -126,8 +126,8 @@ class ReliabilitySuite:
         return self._memo[memo_key]
 
     @torch.no_grad()
-    def evaluate(self, loaded: LoadedModel) -> tuple[dict, dict]:
-        """All metrics of one model variant, and the raw arrays the FP comparison needs."""
+    def evaluate(self, loaded: LoadedModel) -> dict:
+        """All metrics of one model variant."""
         cfg, model = self.cfg, loaded.model.eval()
         key = model_fingerprint(model)
         scale = float(model.logit_scale.detach().float().exp())
@@ -184,7 +184,7 @@ class ReliabilitySuite:
                 accs.append(topk_accuracy(F.normalize(f_sp, dim=-1) @ own, y_sp, (1,))[1])
             m["spurious"] = {"acc_common": accs[0], "acc_counter": accs[1], "rsg": rsg(accs[0], accs[1])}
         m["ci"] = ci
-        return m, {"features": feats}
+        return m
 
     def run(self) -> dict:
         """Evaluate the configured model (and, with a quant spec, its FP reference); return the record."""
@@ -194,8 +194,8 @@ class ReliabilitySuite:
                   "pretrained": self.cfg.pretrained, "quant": self.cfg.quant, "dataset": self.cfg.dataset}
         if self.cfg.quant:
             q, record["quant_report"] = self.quantized(fp)
-            fp_metrics, _ = self.evaluate(fp)
-            metrics, _ = self.evaluate(q)
+            fp_metrics = self.evaluate(fp)
+            metrics = self.evaluate(q)
             metrics["delta"] = relative_changes(_numeric(fp_metrics), _numeric(metrics))
             if "spurious" in metrics:
                 f, qd = fp_metrics["spurious"], metrics["spurious"]
@@ -205,7 +205,7 @@ class ReliabilitySuite:
                                                            qd["acc_counter"])
             record["fp_metrics"] = fp_metrics
         else:
-            metrics, _ = self.evaluate(fp)
+            metrics = self.evaluate(fp)
         record["n"] = metrics.pop("n")
         record["metrics"] = metrics
         record["seconds"] = round(time.perf_counter() - t0, 2)
