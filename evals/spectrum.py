@@ -211,11 +211,18 @@ def _log_wandb(run, out: Path, summary: dict) -> None:
     """Log CSV tables, PNG plots and scalar summaries to a wandb run."""
     import wandb
 
+    line_plots = {"features_sqnr": ("rank", "sqnr_db", "per-rank SQNR (dB)"),
+                  "frequency_radial": ("frequency", "power_share", "feature-map FFT radial energy")}
     for path in sorted(out.glob("*.csv")):
         with open(path) as f:
             rows = list(csv.reader(f))
-        if rows and len(rows) <= 200_001:
-            run.log({f"table/{path.stem}": wandb.Table(columns=rows[0], data=rows[1:])})
+        if not rows or len(rows) > 200_001:
+            continue
+        table = wandb.Table(columns=rows[0], data=[[_num(v) for v in r] for r in rows[1:]])
+        run.log({f"table/{path.stem}": table})
+        if path.stem in line_plots:
+            x, y, title = line_plots[path.stem]
+            run.log({f"line/{path.stem}": wandb.plot.line(table, x, y, title=title)})
     for path in sorted(out.glob("*.png")):
         run.log({f"plot/{path.stem}": wandb.Image(str(path))})
     scalars = {k: v for k, v in summary.items() if isinstance(v, (int, float))}
@@ -290,3 +297,11 @@ def _frequency_analysis(cfg, variants, spec, out: Path, device) -> dict:
     plot_radial_profiles(profiles, freq, out / "fft_radial.png", title=f"{spec.name}: feature-map FFT energy")
     return {"frequency_band_fractions": fractions,
             "frequency_perturbation_drop": {f"{r['model']}/{r['band']}": r["drop"] for r in rows}}
+
+
+def _num(value: str):
+    """CSV cell back to a number when it is one (wandb tables plot numbers, not strings)."""
+    try:
+        return float(value)
+    except ValueError:
+        return value

@@ -55,6 +55,17 @@ def test_spectrum_fp_only_and_wandb_offline(micro_dir, tmp_path, monkeypatch):
     assert list((out / "wandb").glob("offline-run-*")), "wandb did not write an offline run"
 
 
+def test_spectrum_wandb_with_features_logs_line_plots(micro_dir, data_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = tmp_path / "wb"
+    assert main(["spectrum", "--model", f"local-dir:{micro_dir}", "--quant", "w8a8", "--features", "wds/cifar10",
+                 "--limit", "100", "--frequency-images", "32", "--data-root", str(data_root), "--wandb",
+                 "--no-progress", "--out", str(out)]) == 0
+    run_dir = next((out / "wandb").glob("offline-run-*"))
+    logged = b"".join(p.read_bytes() for p in run_dir.rglob("*.wandb"))
+    assert b"line/features_sqnr" in logged and b"plot/sqnr_vs_rank" in logged
+
+
 def test_spectrum_rejects_bad_spec(micro_dir, tmp_path, capsys):
     assert main(["spectrum", "--model", f"local-dir:{micro_dir}", "--quant", "w9", "--out", str(tmp_path)]) == 2
     assert "bad --quant" in capsys.readouterr().err
