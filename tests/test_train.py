@@ -1,0 +1,68 @@
+"""train: QAT LightningModule and pair DataModule — short fits per loss, the spectral regularizer's effect."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+
+from quant.modules import is_quantized
+from train.data import CaptionCollate, PairDataModule
+from train.losses import feature_spectral_penalty
+from train.module import QATCLIPModule, is_quantizer_parameter
+
+
+def _fit(model_src, data_root, tmp_path, steps=5, **kw):
+    L.seed_everything(0, verbose=False)
+    dm = PairDataModule(data_root=str(data_root), batch_size=16, num_workers=0, train_limit=16 * steps,
+                        val_limit=32, calib_pairs=32)
+    module = QATCLIPModule(model=model_src, **kw)
+    trainer = L.Trainer(max_steps=steps, limit_val_batches=2, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                        num_sanity_val_steps=0)
+    trainer.fit(module, dm)
+    return module, trainer
+
+
+def test_caption_collate_uses_text_or_templates():
+    collate = CaptionCollate(lambda caps: caps, ("cat", "dog"), ("a {c}.", "the {c}!"), seed=0)
+    images, caps, labels = collate([(torch.zeros(3, 2, 2), 0, ""), (torch.zeros(3, 2, 2), 1, "my own caption")])
+    assert caps[0] in ("a cat.", "the cat!") and caps[1] == "my own caption"
+    assert images.shape == (2, 3, 2, 2) and labels.tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("kw", [dict(quant="w4a8-lsq"), dict(quant="w4a8-lsq", distill_weight=1.0),
+                                dict(quant="w4a8-rot-lsq", spectral_lambda=0.5, spectral_on="both"),
+                                dict(quant=None, spectral_lambda=0.5)])
+def test_five_step_fit_per_loss(micro_dir, data_root, tmp_path, kw):
+    module, trainer = _fit(f"local-dir:{micro_dir}", data_root, tmp_path, **kw)
+    assert trainer.global_step == 5
+    metrics = trainer.callback_metrics
+    assert torch.isfinite(metrics["train/loss"]) and "train/spectral_penalty" in metrics
+    assert 0.0 <= float(metrics["val/acc1"]) <= 1.0 and "val/ece" in metrics
+    if module.teacher is not None:
+        assert not module.teacher.training and not any(p.requires_grad for p in module.teacher.parameters())
+    quantized = any(is_quantized(m) for m in module.model.modules())
+    assert quantized == (kw["quant"] is not None)
+    if kw["quant"]:
+        groups = trainer.optimizers[0].param_groups
+        assert groups[0]["initial_lr"] == 1e-5 and groups[-1]["initial_lr"] == 1e-4  # scales: their own lr
+        assert any(is_quantizer_parameter(n) for n, _ in module.model.named_parameters())
+
+
+def test_spectral_regularizer_lowers_feature_tail_energy(micro_dir, data_root, tmp_path):
+    probe = torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    tails = {}
+    for lam in (0.0, 20.0):
+        module, _ = _fit(f"local-dir:{micro_dir}", data_root, tmp_path / str(lam), steps=8, quant=None, lr=2e-3,
+                         spectral_lambda=lam, spectral_k=4, warmup_steps=0)
+        with torch.no_grad():
+            tails[lam] = float(feature_spectral_penalty(module.model.encode_image(probe), 4))
+    assert tails[20.0] < tails[0.0]
+
+
+def test_module_rejects_bad_settings():
+    with pytest.raises(ValueError, match="spectral_on"):
+        QATCLIPModule(spectral_on="gradients")
+    with pytest.raises(ValueError, match=">= 0"):
+        QATCLIPModule(spectral_lambda=-1)

@@ -1,0 +1,181 @@
+"""QAT fine-tuning of an open_clip model with an optional FP teacher and the spectral-filtering regularizer.
+
+Losses: contrastive InfoNCE (open_clip's `ClipLoss`, "QAT (Contr.)"), plus `distill_weight` × feature MSE to a
+frozen full-precision teacher ("Contr.+MSE"), plus `spectral_lambda` × the share of energy beyond rank k of the
+centred batch image features (`spectral_on="features"`) and/or of the in-scope weights' singular spectra
+(`"weights"`, a refreshed low-rank estimate). `spectral_lambda=0` is the ablation switch; the penalty is logged
+either way. Weights and quantizer step sizes get separate AdamW learning rates (paper: 1e-5 / 1e-4) with a
+linear warm-up and cosine decay.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from evals.metrics import ece
+from evals.models import load_model
+from evals.zeroshot import build_zero_shot_classifier, topk_accuracy
+from spectral.penalties import SpectralTailPenalty
+
+from .losses import contrastive_loss, distill_mse, feature_spectral_penalty
+
+__all__ = ["QATCLIPModule", "is_quantizer_parameter"]
+
+_QUANTIZER_PARTS = ("weight_quant.", "input_quant.", "fake_quantizer.")
+
+
+def is_quantizer_parameter(name: str) -> bool:
+    """True for learnable quantizer step sizes / scales (project LSQ or torchao range learning)."""
+    return any(part in name for part in _QUANTIZER_PARTS)
+
+
+class QATCLIPModule(L.LightningModule):
+    """LightningModule wrapping any `evals.load_model` source with QAT fake quantizers from `quant`."""
+
+    def __init__(self, model: str = "demo", pretrained: str | None = None, quant: str | None = "w4a8-lsq",
+                 backend: str = "lsq", distill_weight: float = 0.0, lr: float = 1e-5, scale_lr: float = 1e-4,
+                 weight_decay: float = 0.1, warmup_steps: int = 0, spectral_lambda: float = 0.0,
+                 spectral_k: float = 0.25, spectral_on: str = "features", spectral_refresh: int = 10):
+        super().__init__()
+        if spectral_on not in ("features", "weights", "both"):
+            raise ValueError(f"spectral_on must be 'features', 'weights' or 'both', got {spectral_on!r}")
+        if distill_weight < 0 or spectral_lambda < 0:
+            raise ValueError("distill_weight and spectral_lambda must be >= 0")
+        self.save_hyperparameters()
+        self.model: torch.nn.Module | None = None
+        self.teacher: torch.nn.Module | None = None
+        self.weight_penalty: SpectralTailPenalty | None = None
+        self._penalised: list[str] = []
+        self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    # --------------------------------------------------------------------------------------------- building
+    def setup(self, stage: str | None = None) -> None:
+        if self.model is not None:
+            return
+        hp = self.hparams
+        loaded = load_model(hp.model, hp.pretrained)
+        self.model, self.tokenizer, self.preprocess = loaded.model.train(), loaded.tokenizer, loaded.preprocess
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        calib = []
+        if datamodule is not None and hasattr(datamodule, "attach"):
+            datamodule.attach(self.preprocess, self.tokenizer)
+            datamodule.setup(stage)
+            calib = datamodule.calibration_batches() if hp.quant else []
+        if hp.distill_weight > 0:
+            self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False)
+        if hp.quant:
+            from quant.qat import prepare_qat
+
+            def calibrate(model):
+                for images in calib:
+                    model.encode_image(images)
+
+            report = prepare_qat(self.model, hp.quant, calibrate if calib else None, backend=hp.backend)
+            self._penalised = [m.name for m in report.maps if m.role != "patch_embed"]
+        if hp.spectral_on in ("weights", "both"):
+            if not self._penalised:
+                from quant.surgery import attention_surgery, list_linear_maps
+
+                self._penalised = [m.name for m in list_linear_maps(attention_surgery(self.model))
+                                   if m.tower == "vision" and m.role != "patch_embed"]
+            self.weight_penalty = SpectralTailPenalty(k=hp.spectral_k, refresh_every=hp.spectral_refresh)
+
+    def train(self, mode: bool = True):
+        """Switch modes; the frozen teacher always stays in eval mode (its BatchNorm statistics never move)."""
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    # ---------------------------------------------------------------------------------------------- training
+    def spectral_penalty(self, image_features: torch.Tensor) -> torch.Tensor:
+        """The configured spectral-filtering penalty (features and/or weights)."""
+        terms = []
+        if self.hparams.spectral_on in ("features", "both"):
+            terms.append(feature_spectral_penalty(image_features, self.hparams.spectral_k))
+        if self.weight_penalty is not None:
+            terms.append(self.weight_penalty({n: self.model.get_submodule(n).weight for n in self._penalised}))
+        return sum(terms) / len(terms)
+
+    def training_step(self, batch, batch_idx):
+        images, tokens, _ = batch
+        img = self.model.encode_image(images)
+        txt = self.model.encode_text(tokens)
+        loss = contrastive_loss(img, txt, self.model.logit_scale.exp())
+        self.log("train/contrastive", loss, prog_bar=True)
+        if self.teacher is not None:
+            with torch.no_grad():
+                t_img, t_txt = self.teacher.encode_image(images), self.teacher.encode_text(tokens)
+            mse = distill_mse(img, t_img) + distill_mse(txt, t_txt)
+            self.log("train/mse", mse)
+            loss = loss + self.hparams.distill_weight * mse
+        lam = self.hparams.spectral_lambda
+        if lam > 0:
+            penalty = self.spectral_penalty(img)
+            loss = loss + lam * penalty
+        else:
+            with torch.no_grad():
+                penalty = self.spectral_penalty(img.detach())
+        self.log("train/spectral_penalty", penalty.detach())
+        self.log("train/loss", loss)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        with torch.no_grad():
+            self.model.logit_scale.clamp_(0, math.log(100))
+
+    # --------------------------------------------------------------------------------------------- validation
+    def on_validation_epoch_start(self) -> None:
+        spec = self.trainer.datamodule.val_spec
+        with torch.no_grad():
+            self._classifier = build_zero_shot_classifier(self.model, self.tokenizer, spec.classnames, spec.templates,
+                                                          device=self.device)
+        self._val = []
+
+    def validation_step(self, batch, batch_idx):
+        images, labels = batch
+        cos = F.normalize(self.model.encode_image(images).float(), dim=-1) @ self._classifier.float()
+        self._val.append((self.model.logit_scale.exp().float() * cos, labels))
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val:
+            return
+        logits = torch.cat([v[0] for v in self._val]).cpu()
+        labels = torch.cat([v[1] for v in self._val]).cpu()
+        self.log("val/acc1", topk_accuracy(logits, labels, (1,))[1], prog_bar=True)
+        self.log("val/ece", ece(logits.softmax(-1).double(), labels))
+        self._val = []
+
+    # ---------------------------------------------------------------------------------------------- optimizer
+    def configure_optimizers(self):
+        hp = self.hparams
+        scales, decay, no_decay = [], [], []
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            if is_quantizer_parameter(name):
+                scales.append(p)
+            elif p.ndim < 2 or "logit_scale" in name or "embedding" in name:
+                no_decay.append(p)
+            else:
+                decay.append(p)
+        groups = [{"params": decay, "lr": hp.lr, "weight_decay": hp.weight_decay},
+                  {"params": no_decay, "lr": hp.lr, "weight_decay": 0.0}]
+        if scales:
+            groups.append({"params": scales, "lr": hp.scale_lr, "weight_decay": 0.0})
+        opt = torch.optim.AdamW([g for g in groups if g["params"]])
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = min(hp.warmup_steps, total - 1) if total > 1 else 0
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, schedule),
+                                                   "interval": "step"}}
