@@ -240,12 +240,22 @@ def decode_image(sample: WdsSample, shard: str) -> Image.Image:
         raise DataError(f"cannot decode image {sample.key}.{sample.image_ext} in {shard}: {exc}") from exc
 
 
+def _distributed_rank() -> tuple[int, int]:
+    """(rank, world size) of an initialised torch.distributed group, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 class WdsImageDataset(IterableDataset):
     """Stream (image, label) pairs from wds shards with any number of DataLoader workers.
 
     With at least as many shards as workers (and no limit) each worker reads its own shards; otherwise every
     worker reads the stream and decodes only samples `i` with `i % num_workers == worker_id`, so a 1-shard split
-    works with many workers. `limit` keeps the first N samples of the stream.
+    works with many workers. `limit` keeps the first N samples of the stream. Under torch.distributed each rank
+    reads every `world`-th sample (set a limit divisible by world x batch size so ranks see equal batch counts).
     """
 
     def __init__(self, shards: tuple[str, ...] | list[str], transform: Callable | None = None,
@@ -268,7 +278,10 @@ class WdsImageDataset(IterableDataset):
     def __iter__(self):
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
-        if self.limit is None and len(self.shards) >= nw:
+        rank, world = _distributed_rank()
+        if world > 1:  # every (rank, worker) pair takes its own stride of the stream: near-equal shares per rank
+            wid, nw = rank * nw + wid, world * nw
+        elif self.limit is None and len(self.shards) >= nw:
             for shard in self.shards[wid::nw]:
                 for sample in iter_wds_samples(shard):
                     yield self._emit(sample, shard)

@@ -22,7 +22,7 @@ from .demo import CONFIG_FILE, DEMO_MODEL_NAME, WEIGHTS_FILE, demo_dir, is_train
 from .errors import ModelLoadError
 from .paths import atomic_write_bytes, atomic_write_text
 
-__all__ = ["LoadedModel", "load_model", "read_state_dict", "load_state_dict_into", "save_open_clip_dir",
+__all__ = ["LoadedModel", "load_model", "read_state_dict", "load_state_dict_into", "save_open_clip_dir", "model_config",
            "CHECKPOINT_SUFFIXES"]
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
@@ -190,6 +190,22 @@ def load_model(name: str, pretrained: str | None = None, device: str | torch.dev
     else:
         log.warning("model %s has no pretrained weights: it is randomly initialised", arch)
     return LoadedModel(model.eval(), preprocess, tokenizer)
+
+
+def model_config(name: str) -> tuple[dict, dict]:
+    """(model_cfg, preprocess_cfg) of any `load_model` name, for saving a folder stock open_clip loads."""
+    register_model_configs()
+    if name == "demo":
+        name = f"local-dir:{demo_dir()}"
+    if name.startswith("local-dir:"):
+        cfg = json.loads((Path(name[len("local-dir:"):]) / CONFIG_FILE).read_text())
+        return cfg.get("model_cfg", cfg), cfg.get("preprocess_cfg", {})
+    if name.endswith(CHECKPOINT_SUFFIXES):
+        return model_config(_checkpoint_arch(Path(name)))
+    cfg = open_clip.get_model_config(name)
+    if cfg is None:
+        raise ModelLoadError(f"unknown model '{name}'")
+    return cfg, {}
 
 
 def save_open_clip_dir(model: nn.Module, model_cfg: dict, folder: str | os.PathLike,

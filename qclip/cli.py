@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "quantized CLIP models.")
     parser.add_argument("--version", action="version", version=f"qclip {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("fit", help="QAT fine-tuning with the spectral regularizer (a LightningCLI: qclip fit --help)")
 
     ev = sub.add_parser("eval", help="zero-shot evaluation of a model on a dataset, written as JSON")
     ev.add_argument("--model", required=True, help="open_clip architecture, demo, local-dir:PATH, hf-hub:ORG/NAME "
@@ -220,6 +221,22 @@ def _cmd_spectrum(args: argparse.Namespace) -> int:
 _COMMANDS = {"eval": _cmd_eval, "spectrum": _cmd_spectrum, "pretrain-demo": _cmd_pretrain_demo}
 
 
+def _run_fit(argv: list[str]) -> int:
+    _configure_logging()
+    from evals.errors import QclipInputError, one_line
+
+    try:
+        from train.cli import run_fit
+
+        run_fit(argv)
+    except SystemExit as exc:  # jsonargparse exits 2 on a bad config, 0 on --help
+        return int(exc.code or 0)
+    except (QclipInputError, ValueError) as exc:  # bad values reaching the module / datamodule constructors
+        print(f"qclip: error: {one_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return EXIT_OK
+
+
 def _configure_logging() -> None:
     """Warnings of qclip's packages to stderr; Lightning's start-up banners and tips silenced."""
     handler = logging.StreamHandler()
@@ -236,6 +253,9 @@ def _configure_logging() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run `qclip` with `argv` (default: sys.argv[1:]); return the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "fit":  # a LightningCLI owns its own arguments
+        return _run_fit(argv[1:])
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

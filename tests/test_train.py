@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from quant.modules import is_quantized
-from train.data import CaptionCollate, PairDataModule
+from train.data import CaptionedWds, PairDataModule, TokenizeCollate
 from train.losses import feature_spectral_penalty
 from train.module import QATCLIPModule, is_quantizer_parameter
 
@@ -24,11 +24,20 @@ def _fit(model_src, data_root, tmp_path, steps=5, **kw):
     return module, trainer
 
 
-def test_caption_collate_uses_text_or_templates():
-    collate = CaptionCollate(lambda caps: caps, ("cat", "dog"), ("a {c}.", "the {c}!"), seed=0)
-    images, caps, labels = collate([(torch.zeros(3, 2, 2), 0, ""), (torch.zeros(3, 2, 2), 1, "my own caption")])
-    assert caps[0] in ("a cat.", "the cat!") and caps[1] == "my own caption"
-    assert images.shape == (2, 3, 2, 2) and labels.tolist() == [0, 1]
+def test_captions_use_text_or_epoch_dependent_templates(data_root):
+    from evals.data import resolve_dataset
+
+    spec = resolve_dataset("wds/cifar10", str(data_root), "train")
+    ds = CaptionedWds(spec.shards, None, 40, spec.classnames, spec.templates, seed=0)
+    first = [cap for _, cap, _ in ds]
+    assert [cap for _, cap, _ in ds] == first  # deterministic
+    ds.epoch = 1
+    second = [cap for _, cap, _ in ds]
+    assert second != first and all(spec.classnames[y] in cap for (_, cap, y) in ds)
+    assert ds.caption("k", 0, "my own caption") == "my own caption"
+    images, tokens, labels = TokenizeCollate(lambda caps: caps)([(torch.zeros(3, 2, 2), "a", 0),
+                                                                 (torch.zeros(3, 2, 2), "b", 1)])
+    assert images.shape == (2, 3, 2, 2) and tokens == ["a", "b"] and labels.tolist() == [0, 1]
 
 
 @pytest.mark.parametrize("kw", [dict(quant="w4a8-lsq"), dict(quant="w4a8-lsq", distill_weight=1.0),

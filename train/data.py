@@ -7,6 +7,7 @@ paper's 1,000 pairs) initialises activation quantizers; a held-out split serves 
 
 from __future__ import annotations
 
+import hashlib
 from itertools import islice
 from typing import Callable
 
@@ -16,27 +17,47 @@ from torch.utils.data import DataLoader
 
 from evals.data import WdsImageDataset, make_loader, resolve_dataset
 
-__all__ = ["CaptionCollate", "PairDataModule"]
+__all__ = ["template_index", "CaptionedWds", "TokenizeCollate", "PairDataModule"]
 
 
-class CaptionCollate:
-    """Stack images and tokenize captions (class templates where a sample has no text)."""
+def template_index(seed: int, epoch: int, key: str, n_templates: int) -> int:
+    """A sample's template for an epoch: a hash of (seed, epoch, key), so runs and resumed runs agree."""
+    digest = hashlib.blake2b(f"{seed}:{epoch}:{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % n_templates
 
-    def __init__(self, tokenizer: Callable, classnames: tuple[str, ...], templates: tuple[str, ...], seed: int = 0):
-        self.tokenizer, self.classnames, self.templates = tokenizer, classnames, templates
-        self.generator = torch.Generator().manual_seed(seed)
 
-    def caption(self, label: int, text: str) -> str:
-        """The sample's own text, or a random template of its class."""
+class CaptionedWds(WdsImageDataset):
+    """wds (image, caption, label) samples: the `txt` member, else a class template chosen per (seed, epoch, key).
+
+    Set `epoch` before each epoch (the module does) so template choices vary across epochs yet survive resumes.
+    """
+
+    def __init__(self, shards, transform, limit, classnames: tuple[str, ...], templates: tuple[str, ...],
+                 seed: int = 0):
+        super().__init__(shards, transform, limit, with_text=True)
+        self.classnames, self.templates, self.seed, self.epoch = classnames, templates, seed, 0
+
+    def caption(self, key: str, label: int, text: str) -> str:
+        """The sample's own text, or its class name in the template picked for this epoch."""
         if text:
             return text
-        t = self.templates[int(torch.randint(len(self.templates), (1,), generator=self.generator))]
+        t = self.templates[template_index(self.seed, self.epoch, key, len(self.templates))]
         return t.replace("{c}", self.classnames[label])
 
+    def _emit(self, sample, shard):
+        image, label, text = super()._emit(sample, shard)
+        return image, self.caption(sample.key, label, text), label
+
+
+class TokenizeCollate:
+    """Stack images and tokenize captions."""
+
+    def __init__(self, tokenizer: Callable):
+        self.tokenizer = tokenizer
+
     def __call__(self, batch):
-        images, labels, texts = zip(*batch)
-        captions = [self.caption(int(y), t) for y, t in zip(labels, texts)]
-        return torch.stack(images), self.tokenizer(captions), torch.as_tensor(labels)
+        images, captions, labels = zip(*batch)
+        return torch.stack(images), self.tokenizer(list(captions)), torch.as_tensor(labels)
 
 
 class PairDataModule(L.LightningDataModule):
@@ -49,6 +70,7 @@ class PairDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         self.preprocess: Callable | None = None
         self.tokenizer: Callable | None = None
+        self.epoch = 0
 
     def attach(self, preprocess: Callable, tokenizer: Callable) -> None:
         """Receive the model's transform and tokenizer (the module calls this in its `setup`)."""
@@ -66,10 +88,17 @@ class PairDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         self._require_model()
         hp = self.hparams
-        ds = WdsImageDataset(self.train_spec.shards, self.preprocess, hp.train_limit, with_text=True)
-        collate = CaptionCollate(self.tokenizer, self.train_spec.classnames, self.train_spec.templates, hp.seed)
-        return DataLoader(ds, batch_size=hp.batch_size, num_workers=hp.num_workers, collate_fn=collate,
-                          drop_last=True)
+        self.train_set = CaptionedWds(self.train_spec.shards, self.preprocess, hp.train_limit,
+                                      self.train_spec.classnames, self.train_spec.templates, hp.seed)
+        self.train_set.epoch = self.epoch
+        return DataLoader(self.train_set, batch_size=hp.batch_size, num_workers=hp.num_workers,
+                          collate_fn=TokenizeCollate(self.tokenizer), drop_last=True)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Template choices of the coming epoch (called at each epoch start, also after a resume)."""
+        self.epoch = epoch
+        if getattr(self, "train_set", None) is not None:
+            self.train_set.epoch = epoch
 
     def val_dataloader(self) -> DataLoader:
         self._require_model()

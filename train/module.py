@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import Literal
 
 import lightning as L
 import torch
@@ -38,9 +39,10 @@ class QATCLIPModule(L.LightningModule):
     """LightningModule wrapping any `evals.load_model` source with QAT fake quantizers from `quant`."""
 
     def __init__(self, model: str = "demo", pretrained: str | None = None, quant: str | None = "w4a8-lsq",
-                 backend: str = "lsq", distill_weight: float = 0.0, lr: float = 1e-5, scale_lr: float = 1e-4,
+                 backend: Literal["lsq", "torchao"] = "lsq", distill_weight: float = 0.0, lr: float = 1e-5, scale_lr: float = 1e-4,
                  weight_decay: float = 0.1, warmup_steps: int = 0, spectral_lambda: float = 0.0,
-                 spectral_k: float = 0.25, spectral_on: str = "features", spectral_refresh: int = 10):
+                 spectral_k: float = 0.25, spectral_on: Literal["features", "weights", "both"] = "features",
+                 spectral_refresh: int = 10):
         super().__init__()
         if spectral_on not in ("features", "weights", "both"):
             raise ValueError(f"spectral_on must be 'features', 'weights' or 'both', got {spectral_on!r}")
@@ -124,6 +126,11 @@ class QATCLIPModule(L.LightningModule):
         self.log("train/spectral_penalty", penalty.detach())
         self.log("train/loss", loss)
         return loss
+
+    def on_train_epoch_start(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "set_epoch"):
+            datamodule.set_epoch(self.current_epoch)
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         with torch.no_grad():

@@ -1,0 +1,84 @@
+"""`qclip fit` (LightningCLI): a short run with checkpoint, wandb offline and export; exact resume; 2-process DDP."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+
+from qclip.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def fit_args(micro_dir, root, *extra):
+    """Arguments of a tiny fit: micro model, 64 CIFAR-10 pairs per epoch, batches of 16."""
+    return ["fit", "--config", str(REPO / "configs" / "qat_demo.yaml"), "--model.model", f"local-dir:{micro_dir}",
+            "--data.train_limit", "64", "--data.batch_size", "16", "--data.val_limit", "32", "--data.calib_pairs", "32",
+            "--data.num_workers", "0", "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar",
+            "false", "--trainer.log_every_n_steps", "1", *extra]
+
+
+def weights(ckpt: Path) -> dict:
+    """Model tensors of a Lightning checkpoint."""
+    return {k: v for k, v in torch.load(ckpt, weights_only=True)["state_dict"].items() if k.startswith("model.")}
+
+
+@pytest.fixture(autouse=True)
+def env(data_root, monkeypatch, tmp_path):
+    monkeypatch.setenv("QCLIP_DATA_ROOT", str(data_root))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.chdir(tmp_path)
+
+
+def test_fit_checkpoints_logs_and_exports(micro_dir, tmp_path):
+    root = tmp_path / "run"
+    assert main(fit_args(micro_dir, root, "--trainer.max_epochs", "1", "--model.spectral_lambda", "0.1")) == 0
+    assert (root / "checkpoints" / "last.ckpt").is_file()
+    assert list((root / "wandb").glob("offline-run-*"))
+    stock, _, _ = open_clip.create_model_and_transforms(f"local-dir:{root / 'export' / 'float'}")
+    assert isinstance(stock, open_clip.CLIP)
+    from quant.export import load_int
+    from quant.spec import parse_spec
+
+    loaded = load_int(open_clip.create_model_and_transforms(f"local-dir:{micro_dir}")[0], parse_spec("w4a8"),
+                      root / "export" / "model_int.pt")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert loaded.encode_image(x).shape == (2, 32)
+    from evals.models import load_model
+
+    assert load_model(str(root / "checkpoints" / "last.ckpt")).model is not None  # self-describing checkpoint
+
+
+def test_resume_from_last_gives_identical_weights(micro_dir, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert main(fit_args(micro_dir, straight, "--trainer.max_epochs", "2")) == 0
+    assert main(fit_args(micro_dir, resumed, "--trainer.max_epochs", "1")) == 0  # "killed" after epoch 1
+    assert main(fit_args(micro_dir, resumed, "--trainer.max_epochs", "2", "--ckpt_path", "last")) == 0
+    a, b = weights(straight / "checkpoints" / "last.ckpt"), weights(resumed / "checkpoints" / "last.ckpt")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_bad_config_exits_2(capsys):
+    assert main(["fit", "--config", str(REPO / "configs" / "qat_demo.yaml"), "--model.spectral_on", "nope"]) == 2
+    assert main(["fit", "--config", str(REPO / "configs" / "qat_demo.yaml"), "--model.spectral_lambda", "-1"]) == 2
+    assert "spectral_lambda" in capsys.readouterr().err
+
+
+def test_ddp_two_cpu_processes(micro_dir, tmp_path):
+    root = tmp_path / "ddp"
+    exe = str(Path(sys.executable).with_name("qclip"))
+    args = fit_args(micro_dir, root, "--trainer.max_steps", "2", "--trainer.strategy", "ddp", "--trainer.devices", "2",
+                    "--trainer.accelerator", "cpu", "--trainer.logger", "false")
+    proc = subprocess.run([exe, *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (root / "checkpoints" / "last.ckpt").is_file()

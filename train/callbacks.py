@@ -1,0 +1,94 @@
+"""Callbacks for QAT fine-tuning: spectral diagnostics to the logger, and convert + export at the end."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+
+from spectral.features import band_sqnr, feature_basis, parse_bands, per_rank_sqnr
+from spectral.penalties import tail_energy
+
+__all__ = ["SpectralDiagnostics", "ExportQAT"]
+
+
+class SpectralDiagnostics(L.Callback):
+    """Every N steps: per-rank SQNR of the student's image features vs the FP model (banded), and the mean
+    exact tail energy beyond rank k of the penalised weights."""
+
+    def __init__(self, every_n_steps: int = 50, probe_images: int = 256, bands: str = "0-8,8-64,64-"):
+        self.every_n_steps, self.probe_images, self.bands = every_n_steps, probe_images, parse_bands(bands)
+        self._probe: torch.Tensor | None = None
+        self._reference: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def on_fit_start(self, trainer, pl_module) -> None:
+        from evals.models import load_model
+
+        dm = trainer.datamodule
+        if dm is None or not hasattr(dm, "calibration_batches"):
+            return
+        batches = dm.calibration_batches()
+        self._probe = torch.cat(batches)[: self.probe_images] if batches else None
+        if self._probe is None:
+            return
+        reference = pl_module.teacher or load_model(pl_module.hparams.model, pl_module.hparams.pretrained).model
+        reference = reference.to(pl_module.device).eval()
+        self._reference = reference.encode_image(self._probe.to(pl_module.device)).float().cpu()
+
+    @torch.no_grad()
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._probe is None or trainer.global_step % self.every_n_steps:
+            return
+        was_training = pl_module.model.training
+        pl_module.model.eval()
+        student = pl_module.model.encode_image(self._probe.to(pl_module.device)).float().cpu()
+        pl_module.model.train(was_training)
+        r = per_rank_sqnr(self._reference, student, feature_basis(self._reference))
+        metrics = {f"spectral/sqnr_db/{k}": v for k, v in band_sqnr(r["signal"], r["error"], self.bands).items()
+                   if v == v}
+        names = pl_module._penalised
+        if names:
+            k = pl_module.hparams.spectral_k
+            metrics["spectral/weight_tail_energy"] = float(torch.stack(
+                [tail_energy(pl_module.model.get_submodule(n).weight.detach().float(), _rank(k, n, pl_module))
+                 for n in names]).mean())
+        pl_module.log_dict(metrics)
+
+
+def _rank(k: float, name: str, pl_module) -> int:
+    w = pl_module.model.get_submodule(name).weight
+    full = min(w.shape[0], w[0].numel())
+    return int(k) if k >= 1 else max(1, round(k * full))
+
+
+class ExportQAT(L.Callback):
+    """At the end of fit: fold the fake quantizers into a float open_clip folder (stock open_clip loads it) and,
+    for quantized runs, save torchao integer weights (`model_int.pt`, weights-only loadable)."""
+
+    def __init__(self, dirpath: str | None = None, int_export: bool = True):
+        self.dirpath, self.int_export = dirpath, int_export
+
+    @rank_zero_only
+    def on_fit_end(self, trainer, pl_module) -> None:
+        from evals.models import model_config, save_open_clip_dir
+        from quant.export import export_int_, save_int
+        from quant.qat import convert_qat
+        from quant.spec import parse_spec
+
+        out = Path(self.dirpath or Path(trainer.default_root_dir) / "export")
+        model_cfg, preprocess_cfg = model_config(pl_module.hparams.model)
+        plain = convert_qat(copy.deepcopy(pl_module.model).cpu().eval())
+        save_open_clip_dir(plain, model_cfg, out / "float", preprocess_cfg)
+        spec_text = pl_module.hparams.quant
+        if self.int_export and spec_text:
+            spec = parse_spec(spec_text)
+            int_model = copy.deepcopy(pl_module.model).cpu().eval()
+            if pl_module.hparams.backend == "torchao":  # torchao fake quantizers: fold them first
+                int_model = convert_qat(int_model)
+            export_int_(int_model, spec.with_(method="rtn") if spec.learns_scales else spec)
+            save_int(int_model, out / "model_int.pt")
+        print(f"qclip: exported {out / 'float'}" + (f" and {out / 'model_int.pt'}" if spec_text else ""))
