@@ -1,7 +1,8 @@
 """Fake-quant overhead of a QAT training step: FP step vs prepared-QAT step, measured in one run.
 
 Usage: python benchmarks/qat_overhead.py [--spec w4a8-lsq] [--batch 256] [--steps 6] [--data-root ../shared/data]
-A step = image + prompt embeddings, open_clip ClipLoss, backward, AdamW (as in demo pretraining); the demo
+A step = image + prompt embeddings, open_clip ClipLoss, backward, AdamW (as in demo pretraining); a third
+variant adds the spectral-filtering penalty (energy beyond rank 16 of the centred batch image features). The demo
 model (ModifiedResNet image tower, 23 vision maps incl. convolutions) on random 32-px images. Steps of the FP
 and QAT models are interleaved so machine noise hits both; the median step time of each is reported.
 """
@@ -19,17 +20,21 @@ from open_clip.loss import ClipLoss
 from evals.models import load_model
 from quant.qat import prepare_qat
 from train.demo import ensure_demo_model
+from train.losses import feature_spectral_penalty
 
 
-def make_step(model, images, tokens, labels):
-    """One optimizer step closure for `model`."""
+def make_step(model, images, tokens, labels, spectral_lambda: float = 0.0, spectral_k: float = 16):
+    """One optimizer step closure for `model` (with the feature spectral penalty when `spectral_lambda` > 0)."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     loss_fn = ClipLoss()
 
     def step():
-        img = model.encode_image(images, normalize=True)
+        raw = model.encode_image(images)
+        img = torch.nn.functional.normalize(raw, dim=-1)
         txt = model.encode_text(tokens, normalize=True)[labels]
         loss = loss_fn(img, txt, model.logit_scale.exp())
+        if spectral_lambda > 0:
+            loss = loss + spectral_lambda * feature_spectral_penalty(raw, spectral_k)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -55,21 +60,25 @@ def main() -> None:
     report = prepare_qat(qat, args.spec, lambda m: (m.encode_image(images[:64]), m.encode_text(tokens)),
                          backend=args.backend)
     qat.train()
-    steps = {"fp": make_step(fp, images, tokens, labels), "qat": make_step(qat, images, tokens, labels)}
-    times = {"fp": [], "qat": []}
-    for name in ("fp", "qat"):  # warm-up
+    qat_reg = copy.deepcopy(qat)
+    steps = {"fp": make_step(fp, images, tokens, labels), "qat": make_step(qat, images, tokens, labels),
+             "qat+reg": make_step(qat_reg, images, tokens, labels, spectral_lambda=1.0)}
+    times = {name: [] for name in steps}
+    for name in steps:  # warm-up
         steps[name]()
     for _ in range(args.steps):
-        for name in ("fp", "qat"):
+        for name in steps:
             t0 = time.perf_counter()
             steps[name]()
             times[name].append(time.perf_counter() - t0)
-    fp_s, q_s = statistics.median(times["fp"]), statistics.median(times["qat"])
+    fp_s, q_s, r_s = (statistics.median(times[n]) for n in ("fp", "qat", "qat+reg"))
     print(f"spec {args.spec} ({args.backend}), coverage {report.coverage_line()}, batch {args.batch}, "
           f"threads {torch.get_num_threads()}")
     print(f"FP step  {fp_s * 1000:.0f} ms (median of {args.steps})")
     print(f"QAT step {q_s * 1000:.0f} ms (median of {args.steps})")
-    print(f"ratio QAT/FP = {q_s / fp_s:.2f}x")
+    print(f"QAT + feature spectral penalty step {r_s * 1000:.0f} ms (median of {args.steps})")
+    print(f"ratio QAT/FP = {q_s / fp_s:.2f}x (goal <= 1.25)")
+    print(f"ratio reg/no-reg = {r_s / q_s:.3f}x (goal <= 1.10)")
 
 
 if __name__ == "__main__":

@@ -54,8 +54,12 @@ def make_calibrator(loaded: LoadedModel, spec: DatasetSpec, *, batches: int = 8,
 
 
 def quantize_loaded(fp: LoadedModel, spec_text: str, dataset: DatasetSpec, *, device: str | torch.device = "cpu",
-                    data_root: str | None = None, calib_batches: int | None = None) -> tuple[LoadedModel, dict]:
-    """A quantized (or rank-truncated) deep copy of `fp`, calibrated on `dataset`, with its coverage summary."""
+                    data_root: str | None = None, calib_batches: int | None = None,
+                    qat_checkpoint: str | None = None) -> tuple[LoadedModel, dict]:
+    """A quantized (or rank-truncated) deep copy of `fp`, calibrated on `dataset`, with its coverage summary.
+
+    With `qat_checkpoint` (a `qclip fit` checkpoint of the same spec), the trained quantizer step sizes are
+    loaded over the calibrated ones, so the model is the QAT model as trained."""
     import copy
 
     from quant.api import quantize_model
@@ -73,7 +77,28 @@ def quantize_loaded(fp: LoadedModel, spec_text: str, dataset: DatasetSpec, *, de
         calibrate = make_calibrator(loaded, dataset, batches=calib_batches or spec.calib_batches, device=device,
                                     data_root=data_root, text=spec.scope == "vision+text")
     report = quantize_model(loaded.model, spec, calibrate)
+    if qat_checkpoint is not None:
+        _load_quantizer_state(loaded.model, qat_checkpoint)
     summary = {"spec": str(spec), "coverage": {t: {"quantized": q, "total": n} for t, (q, n) in report.coverage.items()}}
     if report.truncation:
         summary["kept_ranks"] = {r.name: r.kept for r in report.truncation}
     return loaded, summary
+
+
+def _load_quantizer_state(model: torch.nn.Module, checkpoint: str) -> None:
+    """Copy a QAT checkpoint's quantizer tensors (LSQ steps, activation scales) into a prepared model."""
+    from .errors import ModelLoadError
+    from .models import read_state_dict
+
+    sd = read_state_dict(checkpoint)
+    own = model.state_dict()
+    quantizer_keys = [k for k in own if any(p in k for p in ("weight_quant.", "input_quant.", "weight_scale"))]
+    found = {}
+    for key in quantizer_keys:
+        for prefix in ("model.", ""):
+            if prefix + key in sd:
+                found[key] = sd[prefix + key]
+                break
+    if quantizer_keys and not found:
+        raise ModelLoadError(f"{checkpoint} holds no quantizer state for this spec (was it trained with it?)")
+    model.load_state_dict(found, strict=False)

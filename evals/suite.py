@@ -111,8 +111,10 @@ class ReliabilitySuite:
 
     def quantized(self, fp: LoadedModel) -> tuple[LoadedModel, dict]:
         """A quantized (or truncated) deep copy of `fp` per `cfg.quant`, with its coverage report."""
+        ckpt = self.cfg.model if self.cfg.model.endswith(".ckpt") else self.cfg.pretrained
+        ckpt = ckpt if ckpt and ckpt.endswith(".ckpt") else None
         return quantize_loaded(fp, self.cfg.quant, self.id_spec, device=self.device, data_root=self.data_root,
-                               calib_batches=self.cfg.calib_batches)
+                               calib_batches=self.cfg.calib_batches, qat_checkpoint=ckpt)
 
     # ----------------------------------------------------------------------------------------------- metrics
     def _features(self, loaded: LoadedModel, key: str, spec: DatasetSpec, limit, corruption=None):

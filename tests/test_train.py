@@ -42,7 +42,7 @@ def test_captions_use_text_or_epoch_dependent_templates(data_root):
 
 @pytest.mark.parametrize("kw", [dict(quant="w4a8-lsq"), dict(quant="w4a8-lsq", distill_weight=1.0),
                                 dict(quant="w4a8-rot-lsq", spectral_lambda=0.5, spectral_on="both"),
-                                dict(quant=None, spectral_lambda=0.5)])
+                                dict(quant=None, spectral_lambda=0.5, spectral_k=4.0, spectral_on="both")])
 def test_five_step_fit_per_loss(micro_dir, data_root, tmp_path, kw):
     module, trainer = _fit(f"local-dir:{micro_dir}", data_root, tmp_path, **kw)
     assert trainer.global_step == 5

@@ -24,5 +24,5 @@ def distill_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
 
 
 def feature_spectral_penalty(features: torch.Tensor, k: int | float) -> torch.Tensor:
-    """Share of the centred batch features' energy beyond rank k (k an int, or a fraction of the rank)."""
-    return feature_tail_energy(features.float(), k, normalized=True)
+    """Share of the centred batch features' energy beyond rank k (k ≥ 1 a rank, k in (0, 1) a fraction of it)."""
+    return feature_tail_energy(features.float(), int(k) if k >= 1 else k, normalized=True)

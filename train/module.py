@@ -85,7 +85,8 @@ class QATCLIPModule(L.LightningModule):
 
                 self._penalised = [m.name for m in list_linear_maps(attention_surgery(self.model))
                                    if m.tower == "vision" and m.role != "patch_embed"]
-            self.weight_penalty = SpectralTailPenalty(k=hp.spectral_k, refresh_every=hp.spectral_refresh)
+            k = int(hp.spectral_k) if hp.spectral_k >= 1 else hp.spectral_k
+            self.weight_penalty = SpectralTailPenalty(k=k, refresh_every=hp.spectral_refresh)
 
     def train(self, mode: bool = True):
         """Switch modes; the frozen teacher always stays in eval mode (its BatchNorm statistics never move)."""
