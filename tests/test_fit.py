@@ -82,3 +82,25 @@ def test_ddp_two_cpu_processes(micro_dir, tmp_path):
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (root / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_eval_of_a_qat_checkpoint_uses_its_trained_steps(micro_dir, data_root, tmp_path):
+    from evals.calib_data import quantize_loaded
+    from evals.data import resolve_dataset
+    from evals.models import load_model
+
+    root = tmp_path / "q"
+    assert main(fit_args(micro_dir, root, "--trainer.max_steps", "2", "--model.scale_lr", "0.05")) == 0
+    ckpt = root / "checkpoints" / "last.ckpt"
+    spec = resolve_dataset("wds/cifar10", str(data_root), "test")
+    fp = load_model(str(ckpt))
+    fresh, _ = quantize_loaded(fp, "w4a8-lsq", spec, calib_batches=1)
+    trained, _ = quantize_loaded(fp, "w4a8-lsq", spec, calib_batches=1, qat_checkpoint=str(ckpt))
+    key = "visual.transformer.resblocks.0.mlp.c_fc.weight_quant.step"
+    saved = torch.load(ckpt, weights_only=True)["state_dict"]["model." + key]
+    assert torch.equal(trained.model.state_dict()[key], saved)
+    assert not torch.equal(fresh.model.state_dict()[key], saved)  # the steps moved during training
+    out = tmp_path / "e.json"
+    assert main(["eval", "--model", str(ckpt), "--quant", "w4a8-lsq", "--dataset", "wds/cifar10", "--data-root",
+                 str(data_root), "--limit", "32", "--bootstrap", "0", "--workers", "0", "--no-progress",
+                 "--out", str(out)]) == 0
