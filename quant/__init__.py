@@ -4,17 +4,25 @@ One verb, validated specs::
 
     from quant import parse_spec, quantize_model
     report = quantize_model(model, "w4a8-rot", calibrate)   # calibrate(model) runs a few forward passes
+
+Names are imported on first use, so `import quant.temperature` (or the spec parser) does not load torchao.
 """
 
-from .api import QuantReport, convert_to_float, quantize_model
-from .export import export_int_, load_int, save_int
-from .qat import convert_qat, prepare_qat
-from .spec import QuantSpec, RankSpec, parse_spec
-from .surgery import LinearMap, attention_surgery, list_linear_maps
-from .temperature import fit_logit_scale
+from importlib import import_module
 
-__all__ = [
-    "QuantSpec", "RankSpec", "parse_spec", "quantize_model", "QuantReport", "convert_to_float",
-    "prepare_qat", "convert_qat", "attention_surgery", "list_linear_maps", "LinearMap",
-    "export_int_", "save_int", "load_int", "fit_logit_scale",
-]
+_EXPORTS = {
+    "QuantSpec": "spec", "RankSpec": "spec", "parse_spec": "spec",
+    "quantize_model": "api", "QuantReport": "api", "convert_to_float": "api",
+    "prepare_qat": "qat", "convert_qat": "qat",
+    "attention_surgery": "surgery", "list_linear_maps": "surgery", "LinearMap": "surgery",
+    "export_int_": "export", "save_int": "export", "load_int": "export",
+    "fit_logit_scale": "temperature",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'quant' has no attribute {name!r}")
