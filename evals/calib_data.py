@@ -13,7 +13,7 @@ from .data import DatasetSpec, make_loader, resolve_dataset
 from .errors import DataError
 from .models import LoadedModel
 
-__all__ = ["calibration_images", "make_calibrator"]
+__all__ = ["calibration_images", "make_calibrator", "parse_quant_arg", "quantize_loaded"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,18 @@ def make_calibrator(loaded: LoadedModel, spec: DatasetSpec, *, batches: int = 8,
     return calibrate
 
 
+def parse_quant_arg(text: str):
+    """Parse a quantization/truncation spec given by a user; a bad one is a `QclipInputError` (exit 2)."""
+    from quant.spec import parse_spec
+
+    from .errors import QclipInputError
+
+    try:
+        return parse_spec(text)
+    except ValueError as exc:
+        raise QclipInputError(f"bad --quant {text!r}: {exc}") from None
+
+
 def quantize_loaded(fp: LoadedModel, spec_text: str, dataset: DatasetSpec, *, device: str | torch.device = "cpu",
                     data_root: str | None = None, calib_batches: int | None = None,
                     qat_checkpoint: str | None = None) -> tuple[LoadedModel, dict]:
@@ -63,14 +75,8 @@ def quantize_loaded(fp: LoadedModel, spec_text: str, dataset: DatasetSpec, *, de
     import copy
 
     from quant.api import quantize_model
-    from quant.spec import parse_spec
 
-    from .errors import QclipInputError
-
-    try:
-        spec = parse_spec(spec_text)
-    except ValueError as exc:
-        raise QclipInputError(f"bad --quant {spec_text!r}: {exc}") from None
+    spec = parse_quant_arg(spec_text)
     loaded = fp._replace(model=copy.deepcopy(fp.model))
     calibrate = None
     if spec.kind == "quant":

@@ -110,15 +110,9 @@ def _device(name: str | None) -> str:
 
 
 def _parse_quant(text: str | None):
-    from evals.errors import QclipInputError
-    from quant.spec import parse_spec
+    from evals.calib_data import parse_quant_arg
 
-    if text is None:
-        return None
-    try:
-        return parse_spec(text)
-    except ValueError as exc:
-        raise QclipInputError(f"bad --quant {text!r}: {exc}") from None
+    return None if text is None else parse_quant_arg(text)
 
 
 def _parse_pair(text: str | None) -> tuple[str, str] | None:
