@@ -41,6 +41,7 @@ def test_captions_use_text_or_epoch_dependent_templates(data_root):
 
 
 @pytest.mark.parametrize("kw", [dict(quant="w4a8-lsq"), dict(quant="w4a8-lsq", distill_weight=1.0),
+                                dict(quant="w4a8-lsq", distill_weight=1.0, contrastive_weight=0.0),
                                 dict(quant="w4a8-rot-lsq", spectral_lambda=0.5, spectral_on="both"),
                                 dict(quant=None, spectral_lambda=0.5, spectral_k=4.0, spectral_on="both")])
 def test_five_step_fit_per_loss(micro_dir, data_root, tmp_path, kw):
@@ -75,3 +76,5 @@ def test_module_rejects_bad_settings():
         QATCLIPModule(spectral_on="gradients")
     with pytest.raises(ValueError, match=">= 0"):
         QATCLIPModule(spectral_lambda=-1)
+    with pytest.raises(ValueError, match="both be 0"):
+        QATCLIPModule(contrastive_weight=0.0, distill_weight=0.0)

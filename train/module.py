@@ -1,6 +1,6 @@
 """QAT fine-tuning of an open_clip model with an optional FP teacher and the spectral-filtering regularizer.
 
-Losses: contrastive InfoNCE (open_clip's `ClipLoss`, "QAT (Contr.)"), plus `distill_weight` × feature MSE to a
+Losses: `contrastive_weight` × contrastive InfoNCE (open_clip's `ClipLoss`, "QAT (Contr.)"), plus `distill_weight` × feature MSE to a
 frozen full-precision teacher ("Contr.+MSE"), plus `spectral_lambda` × the share of energy beyond rank k of the
 centred batch image features (`spectral_on="features"`) and/or of the in-scope weights' singular spectra
 (`"weights"`, a refreshed low-rank estimate). `spectral_lambda=0` is the ablation switch; the penalty is logged
@@ -39,15 +39,18 @@ class QATCLIPModule(L.LightningModule):
     """LightningModule wrapping any `evals.load_model` source with QAT fake quantizers from `quant`."""
 
     def __init__(self, model: str = "demo", pretrained: str | None = None, quant: str | None = "w4a8-lsq",
-                 backend: Literal["lsq", "torchao"] = "lsq", distill_weight: float = 0.0, lr: float = 1e-5, scale_lr: float = 1e-4,
+                 backend: Literal["lsq", "torchao"] = "lsq", distill_weight: float = 0.0,
+                 contrastive_weight: float = 1.0, lr: float = 1e-5, scale_lr: float = 1e-4,
                  weight_decay: float = 0.1, warmup_steps: int = 0, spectral_lambda: float = 0.0,
                  spectral_k: float = 0.25, spectral_on: Literal["features", "weights", "both"] = "features",
                  spectral_refresh: int = 10):
         super().__init__()
         if spectral_on not in ("features", "weights", "both"):
             raise ValueError(f"spectral_on must be 'features', 'weights' or 'both', got {spectral_on!r}")
-        if distill_weight < 0 or spectral_lambda < 0:
-            raise ValueError("distill_weight and spectral_lambda must be >= 0")
+        if distill_weight < 0 or spectral_lambda < 0 or contrastive_weight < 0:
+            raise ValueError("distill_weight, contrastive_weight and spectral_lambda must be >= 0")
+        if contrastive_weight == 0 and distill_weight == 0:
+            raise ValueError("contrastive_weight and distill_weight cannot both be 0")
         self.save_hyperparameters()
         self.model: torch.nn.Module | None = None
         self.teacher: torch.nn.Module | None = None
@@ -109,8 +112,9 @@ class QATCLIPModule(L.LightningModule):
         images, tokens, _ = batch
         img = self.model.encode_image(images)
         txt = self.model.encode_text(tokens)
-        loss = contrastive_loss(img, txt, self.model.logit_scale.exp())
-        self.log("train/contrastive", loss, prog_bar=True)
+        contrastive = contrastive_loss(img, txt, self.model.logit_scale.exp())
+        self.log("train/contrastive", contrastive, prog_bar=True)
+        loss = self.hparams.contrastive_weight * contrastive
         if self.teacher is not None:
             with torch.no_grad():
                 t_img, t_txt = self.teacher.encode_image(images), self.teacher.encode_text(tokens)
