@@ -1,4 +1,4 @@
-"""Result records: library versions and the `qclip eval` JSON document (written atomically)."""
+"""Result documents: library versions and atomic JSON writes (the record itself is built by `evals.suite`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from importlib import metadata
 
 from .paths import atomic_write_text
 
-__all__ = ["versions", "eval_record", "write_json"]
+__all__ = ["versions", "write_json"]
 
 
 def versions() -> dict[str, str]:
@@ -21,13 +21,6 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[dist] = "not installed"
     return out
-
-
-def eval_record(*, model: str, pretrained: str | None, quant: str | None, dataset: str, n: int,
-                metrics: dict) -> dict:
-    """Assemble the `qclip eval` JSON of DESIGN.md."""
-    return {"model": model, "pretrained": pretrained, "quant": quant, "dataset": dataset, "n": int(n),
-            "metrics": metrics, "versions": versions()}
 
 
 def write_json(path: str | os.PathLike, obj: dict) -> None:

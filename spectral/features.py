@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["FeatureBasis", "feature_basis", "per_rank_sqnr", "band_sums", "band_sqnr", "restrict_to_band",
-           "band_accuracy", "truncate_features", "parse_bands", "DEFAULT_BANDS"]
+           "band_name", "band_accuracy", "truncate_features", "parse_bands", "DEFAULT_BANDS"]
 
 #: Rank bands of the paper's Analysis B: [0, 8), [8, 64), [64, D).
 DEFAULT_BANDS: tuple[tuple[int, int | None], ...] = ((0, 8), (8, 64), (64, None))
