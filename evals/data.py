@@ -252,18 +252,22 @@ def _distributed_rank() -> tuple[int, int]:
 class WdsImageDataset(IterableDataset):
     """Stream (image, label) pairs from wds shards with any number of DataLoader workers.
 
-    With at least as many shards as workers (and no limit) each worker reads its own shards; otherwise every
-    worker reads the stream and decodes only samples `i` with `i % num_workers == worker_id`, so a 1-shard split
-    works with many workers. `limit` keeps the first N samples of the stream. Under torch.distributed each rank
-    reads every `world`-th sample (set a limit divisible by world x batch size so ranks see equal batch counts).
+    With `block` = the DataLoader's batch size (as `make_loader` sets it), every worker reads the stream and
+    decodes only the blocks `b` of `block` consecutive samples with `b % num_workers == worker_id`; the loader's
+    round-robin over workers then yields exactly the batches of a 0-worker loader, so results (seeded splits,
+    corruption noise, bootstrap) do not depend on the number of workers. Without `block`, each worker reads its
+    own shards when there are at least as many shards as workers (and no limit), else every `num_workers`-th
+    sample. `limit` keeps the first N samples of the stream. Under torch.distributed each rank reads every
+    `world`-th sample (set a limit divisible by world x batch size so ranks see equal batch counts).
     """
 
     def __init__(self, shards: tuple[str, ...] | list[str], transform: Callable | None = None,
-                 limit: int | None = None, with_text: bool = False):
+                 limit: int | None = None, with_text: bool = False, block: int | None = None):
         self.shards = tuple(shards)
         self.transform = transform
         self.limit = limit
         self.with_text = with_text
+        self.block = block
 
     def _emit(self, sample: WdsSample, shard: str):
         if sample.label is None:
@@ -281,17 +285,18 @@ class WdsImageDataset(IterableDataset):
         rank, world = _distributed_rank()
         if world > 1:  # every (rank, worker) pair takes its own stride of the stream: near-equal shares per rank
             wid, nw = rank * nw + wid, world * nw
-        elif self.limit is None and len(self.shards) >= nw:
+        elif self.block is None and self.limit is None and len(self.shards) >= nw:
             for shard in self.shards[wid::nw]:
                 for sample in iter_wds_samples(shard):
                     yield self._emit(sample, shard)
             return
+        block = self.block if self.block and world == 1 else 1
         index = 0
         for shard in self.shards:
             for sample in iter_wds_samples(shard):
                 if self.limit is not None and index >= self.limit:
                     return
-                if index % nw == wid:
+                if (index // block) % nw == wid:
                     yield self._emit(sample, shard)
                 index += 1
 
@@ -313,7 +318,10 @@ def make_dataset(spec: DatasetSpec, transform: Callable | None = None, limit: in
 
 def make_loader(spec: DatasetSpec, transform: Callable | None, *, batch_size: int = 256, num_workers: int = 2,
                 limit: int | None = None) -> DataLoader:
-    """Build a DataLoader over a resolved spec, yielding (images, labels) batches in a deterministic order."""
+    """Build a DataLoader over a resolved spec, yielding (images, labels) batches in stream order (the same
+    batches for any number of workers)."""
     ds = make_dataset(spec, transform, limit)
+    if isinstance(ds, WdsImageDataset):
+        ds.block = batch_size
     return DataLoader(ds, batch_size=batch_size, num_workers=num_workers, shuffle=False,
                       persistent_workers=False, pin_memory=torch.cuda.is_available())

@@ -228,6 +228,19 @@ def test_loader_with_workers_yields_every_sample_once(tmp_path, samples, nshards
     assert sorted(got) == ref
 
 
+@pytest.mark.filterwarnings("ignore:This DataLoader will create 4 worker processes")
+@pytest.mark.parametrize("nshards,workers,limit", [(1, 2, None), (3, 2, None), (3, 4, 17), (3, 3, None)])
+def test_loader_batches_do_not_depend_on_workers(tmp_path, samples, nshards, workers, limit):
+    _build_wds(tmp_path, "tiny", samples, nshards=nshards, gz=True)
+    spec = resolve_dataset("wds/tiny", data_root=tmp_path)
+
+    def batches(n):
+        return [[_fingerprint(i, lab) for i, lab in zip(imgs, labs)]
+                for imgs, labs in make_loader(spec, PILToTensor(), batch_size=4, num_workers=n, limit=limit)]
+
+    assert batches(workers) == batches(0)
+
+
 def test_loader_order_is_deterministic(tmp_path, samples):
     _build_wds(tmp_path, "tiny", samples, nshards=3, gz=False)
     spec = resolve_dataset("wds/tiny", data_root=tmp_path)
