@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["kept_rank", "truncate_weight", "truncate_modules_", "TruncationReport"]
+__all__ = ["kept_rank", "truncate_weight", "truncate_modules_", "truncate_to_errors_", "TruncationReport"]
 
 
 @dataclass(frozen=True)
@@ -41,11 +41,12 @@ def kept_rank(sigma: torch.Tensor, mode: str, value: float) -> int:
 @torch.no_grad()
 def truncate_weight(weight: torch.Tensor, mode: str, value: float) -> tuple[torch.Tensor, int, float]:
     """Best rank-k approximation (Eckart–Young) of a weight [out, in, ...]; returns (W_k, k, energy share)."""
-    w = weight.detach().double().reshape(weight.shape[0], -1)
+    w = weight.detach().float().reshape(weight.shape[0], -1)  # float32 SVD: 2-3x faster, energies summed in float64
     u, s, vh = torch.linalg.svd(w, full_matrices=False)
     k = kept_rank(s, mode, value)
     wk = (u[:, :k] * s[:k]) @ vh[:k]
-    share = float((s[:k] ** 2).sum() / (s ** 2).sum()) if s.sum() > 0 else 1.0
+    energy = s.double() ** 2
+    share = float(energy[:k].sum() / energy.sum()) if s.sum() > 0 else 1.0
     return wk.reshape(weight.shape).to(weight.dtype), k, share
 
 
@@ -55,6 +56,25 @@ def truncate_modules_(modules: dict[str, nn.Module], mode: str, value: float) ->
     reports = []
     for name, module in modules.items():
         wk, k, share = truncate_weight(module.weight, mode, value)
+        module.weight.copy_(wk)
+        reports.append(TruncationReport(name, k, min(module.weight.shape[0], module.weight[0].numel()), share))
+    return reports
+
+
+@torch.no_grad()
+def truncate_to_errors_(modules: dict[str, nn.Module], rel_errors: dict[str, float]) -> list[TruncationReport]:
+    """Truncate each module to the smallest rank whose relative error ‖W_k − W‖_F/‖W‖_F is ≤ its target.
+
+    The rank-truncation twin of a quantization at matched weight error: a target ε keeps energy 1 − ε²
+    (Eckart–Young: the tail energy of the best rank-k approximation is the relative squared error).
+    """
+    reports = []
+    for name, module in modules.items():
+        eps = float(rel_errors[name])
+        if not 0.0 <= eps:
+            raise ValueError(f"relative error of {name} must be >= 0, got {eps}")
+        keep = min(1.0, max(1e-12, 1.0 - eps ** 2))
+        wk, k, share = truncate_weight(module.weight, "energy", keep)
         module.weight.copy_(wk)
         reports.append(TruncationReport(name, k, min(module.weight.shape[0], module.weight[0].numel()), share))
     return reports
