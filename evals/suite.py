@@ -26,7 +26,8 @@ from .models import LoadedModel, load_model
 from .store import config_hash
 from .zeroshot import model_fingerprint, topk_accuracy, zero_shot_classifier
 
-__all__ = ["SuiteConfig", "ReliabilitySuite", "calibration_metrics", "ece_after_tuning", "map_classes"]
+__all__ = ["SuiteConfig", "ReliabilitySuite", "calibration_metrics", "ece_after_tuning", "map_classes",
+           "numeric_metrics", "spurious_changes"]
 
 
 @dataclass
@@ -127,11 +128,19 @@ class ReliabilitySuite:
                 use_cache=self.use_cache, seed=self.cfg.seed, autocast=self.cfg.precision.startswith("amp"))
         return self._memo[memo_key]
 
+    def id_features(self, loaded: LoadedModel, key: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """ID features and labels of a model variant (shared with `evaluate` through the run's memo)."""
+        return self._features(loaded, key or model_fingerprint(loaded.model), self.id_spec, self.cfg.limit)
+
+    def release(self, keep_key: str | None = None) -> None:
+        """Drop memoised features of every model but the one fingerprinted `keep_key` (e.g. the FP reference)."""
+        self._memo = {k: v for k, v in self._memo.items() if k[0] == keep_key}
+
     @torch.no_grad()
-    def evaluate(self, loaded: LoadedModel) -> dict:
-        """All metrics of one model variant."""
+    def evaluate(self, loaded: LoadedModel, key: str | None = None) -> dict:
+        """All metrics of one model variant (`key`: its `model_fingerprint`, computed when not given)."""
         cfg, model = self.cfg, loaded.model.eval()
-        key = model_fingerprint(model)
+        key = key or model_fingerprint(model)
         scale = float(model.logit_scale.detach().float().exp())
         clf = zero_shot_classifier(model, loaded.tokenizer, self.id_spec.classnames, self.id_spec.templates,
                                    device=self.device, use_cache=self.use_cache).float().cpu()
@@ -198,13 +207,8 @@ class ReliabilitySuite:
             q, record["quant_report"] = self.quantized(fp)
             fp_metrics = self.evaluate(fp)
             metrics = self.evaluate(q)
-            metrics["delta"] = relative_changes(_numeric(fp_metrics), _numeric(metrics))
-            if "spurious" in metrics:
-                f, qd = fp_metrics["spurious"], metrics["spurious"]
-                metrics["spurious"]["delta_rsg"] = delta_rsg(f["acc_common"], f["acc_counter"], qd["acc_common"],
-                                                             qd["acc_counter"])
-                metrics["spurious"]["vuln_add"] = vuln_add(f["acc_common"], f["acc_counter"], qd["acc_common"],
-                                                           qd["acc_counter"])
+            metrics["delta"] = relative_changes(numeric_metrics(fp_metrics), numeric_metrics(metrics))
+            spurious_changes(fp_metrics, metrics)
             record["fp_metrics"] = fp_metrics
         else:
             metrics = self.evaluate(fp)
@@ -214,6 +218,14 @@ class ReliabilitySuite:
         return record
 
 
-def _numeric(metrics: dict) -> dict:
+def spurious_changes(fp_metrics: dict, metrics: dict) -> None:
+    """Add ΔRSG and Vuln_add (against the FP reference) to `metrics["spurious"]` when both have spurious results."""
+    if "spurious" in metrics and "spurious" in fp_metrics:
+        f, q = fp_metrics["spurious"], metrics["spurious"]
+        q["delta_rsg"] = delta_rsg(f["acc_common"], f["acc_counter"], q["acc_common"], q["acc_counter"])
+        q["vuln_add"] = vuln_add(f["acc_common"], f["acc_counter"], q["acc_common"], q["acc_counter"])
+
+
+def numeric_metrics(metrics: dict) -> dict:
     """The metric tree without diagnostics that have no meaningful relative change."""
     return {k: v for k, v in metrics.items() if k not in ("reliability", "ci", "n", "logit_scale", "logit_scale_ts")}
