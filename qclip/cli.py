@@ -85,6 +85,26 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="output folder")
     _add_runtime_args(sp)
 
+    ab = sub.add_parser("ablate", help="the ablation grid (quant methods x bits x scopes, rank truncation) through "
+                        "the reliability suite and spectra, resumable and shardable, with a report")
+    ab.add_argument("--config", required=True, help="grid YAML (see configs/demo.yaml)")
+    ab.add_argument("--out", required=True, help="output folder: store/ (JSONL per shard), results.jsonl, "
+                    "results.csv, report.md, plots/")
+    ab.add_argument("--shard", default=None, metavar="I/N", help="evaluate shard I of N (1-based) of the grid; "
+                    "N processes or machines can share one --out folder")
+    ab.add_argument("--merge", action="store_true", help="evaluate nothing: merge the shard stores and write the "
+                    "report (every cell must be stored)")
+    ab.add_argument("--limit", type=_positive_int, default=None, help="override the grid's ID sample limit")
+    ab.add_argument("--ood-limit", type=_positive_int, default=None, help="override the grid's OOD/shift limit")
+    ab.add_argument("--data-root", default=None)
+    ab.add_argument("--wandb", action="store_true", help="log every cell to wandb (offline unless configured)")
+    ab.add_argument("--wandb-project", default="qclip")
+    ab.add_argument("--no-cache", action="store_true", help="recompute text classifiers and features")
+    ab.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    ab.add_argument("--batch-size", type=_positive_int, default=None, help="override the grid's batch size")
+    ab.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    ab.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
     pd = sub.add_parser("pretrain-demo", help="pretrain the demo CLIP on CIFAR-10 (cached for --model demo)")
     pd.add_argument("--epochs", type=_positive_int, default=None, help="training epochs (default 3)")
     pd.add_argument("--out", default=None, help="folder to write (default: the demo cache dir)")
@@ -212,7 +232,55 @@ def _cmd_spectrum(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-_COMMANDS = {"eval": _cmd_eval, "spectrum": _cmd_spectrum, "pretrain-demo": _cmd_pretrain_demo}
+def _cmd_ablate(args: argparse.Namespace) -> int:
+    import os
+
+    from evals.ablate import merge_results, run_grid
+    from evals.errors import QclipInputError
+    from evals.grid import load_grid, parse_shard
+
+    cfg = load_grid(args.config, limit=args.limit, ood_limit=args.ood_limit)
+    shard = parse_shard(args.shard)
+    if args.merge:
+        from dataclasses import asdict
+
+        from evals.report import write_report
+
+        records, missing = merge_results(cfg, args.out)
+        if missing:
+            raise QclipInputError(f"{len(missing)} of {len(records) + len(missing)} cells are not stored yet "
+                                  f"(first: {missing[0].id}); run the remaining shards first")
+        summary = write_report(records, args.out, title=f"qclip ablation: {cfg.name}", grid=asdict(cfg))
+        print(f"merged {len(records)} cells -> {summary['report']}")
+        return EXIT_OK
+    if any(m["name"] == "demo" for m in cfg.models):
+        from train.demo import ensure_demo_model
+
+        ensure_demo_model(data_root=args.data_root, progress=not args.no_progress)
+    run = None
+    if args.wandb:
+        import wandb
+
+        run = wandb.init(project=args.wandb_project, mode=os.environ.get("WANDB_MODE", "offline"), dir=args.out,
+                         config={"grid": cfg.key(), "name": cfg.name, "shard": args.shard}, job_type="ablate")
+    try:
+        summary = run_grid(cfg, args.out, shard=shard, data_root=args.data_root, device=_device(args.device),
+                           batch_size=args.batch_size, num_workers=args.workers, progress=not args.no_progress,
+                           use_cache=not args.no_cache, wandb_run=run)
+    finally:
+        if run is not None:
+            run.finish()
+    line = (f"shard {shard[0]}/{shard[1]}: {summary['evaluated']} cells evaluated, {summary['skipped']} already "
+            f"stored")
+    if "report" in summary:
+        line += f" -> {summary['report']['report']}"
+    elif summary["missing"]:
+        line += f"; {len(summary['missing'])} cells of other shards pending (then: qclip ablate ... --merge)"
+    print(line)
+    return EXIT_OK
+
+
+_COMMANDS = {"ablate": _cmd_ablate, "eval": _cmd_eval, "spectrum": _cmd_spectrum, "pretrain-demo": _cmd_pretrain_demo}
 
 
 def _run_fit(argv: list[str]) -> int:

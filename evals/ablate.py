@@ -1,0 +1,356 @@
+"""`qclip ablate`: run an ablation grid through the one-pass reliability suite, resumably and in shards.
+
+Each cell (see `evals.grid`) is built from the model's full-precision reference, evaluated on every dataset of the
+grid by one `ReliabilitySuite` per (model, seed) — so the FP features, text classifiers and decoded calibration
+data are computed once and reused — and analysed spectrally against the FP model: relative weight error and
+singular-value damping of the changed linear maps, per-rank SQNR of the ID features in the FP feature basis,
+rank-band accuracy in the variant's own basis. One record per cell is appended to `DIR/store/shard-I-of-N.jsonl`
+as soon as the cell is done, so a killed run loses at most the cell in flight and a rerun skips what is stored.
+When every cell of the grid is stored, the shards are merged into `DIR/results.jsonl` and the report is written.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .grid import Cell, GridConfig, expand_cells, shard_cells, spec_string
+from .models import LoadedModel, load_model
+from .store import ResultsStore, config_hash
+from .suite import ReliabilitySuite, SuiteConfig, numeric_metrics, spurious_changes
+from .zeroshot import model_fingerprint
+
+__all__ = ["run_grid", "cell_hash", "load_records", "merge_results", "matched_truncation", "weight_summary",
+           "feature_summary", "SCHEMA"]
+
+log = logging.getLogger(__name__)
+
+SCHEMA = 1  # bump when a record's meaning changes: old records then no longer count as done
+DAMPING_BINS = 20
+
+
+def cell_hash(cfg: GridConfig, cell: Cell) -> str:
+    """Store key of a cell: the cell itself, the grid's dataset/limit settings and the record schema."""
+    return config_hash({"cell": cell.as_dict(), "grid": cfg.key(), "schema": SCHEMA})
+
+
+def _store_dir(out: str | os.PathLike) -> Path:
+    return Path(out) / "store"
+
+
+def load_records(out: str | os.PathLike) -> dict[str, dict]:
+    """Every complete record of every shard store under `out`, by hash (the earliest written wins)."""
+    records: dict[str, dict] = {}
+    for path in sorted(_store_dir(out).glob("*.jsonl")):
+        for rec in ResultsStore(path).records():
+            old = records.get(rec["hash"])
+            if old is None or rec.get("written_at", 0) < old.get("written_at", 0):
+                records[rec["hash"]] = rec
+    return records
+
+
+def merge_results(cfg: GridConfig, out: str | os.PathLike) -> tuple[list[dict], list[Cell]]:
+    """Merge the shard stores into `out/results.jsonl` (grid order, one record per cell); return it and the
+    cells still missing."""
+    import json
+
+    from .paths import atomic_write_text
+
+    stored = load_records(out)
+    records, missing = [], []
+    for cell in expand_cells(cfg):
+        rec = stored.get(cell_hash(cfg, cell))
+        (records if rec is not None else missing).append(rec if rec is not None else cell)
+    text = "".join(json.dumps(r, sort_keys=True, allow_nan=False) + "\n" for r in records)
+    atomic_write_text(Path(out) / "results.jsonl", text)
+    return records, missing
+
+
+# ------------------------------------------------------------------------------------------------- variants
+def matched_truncation(fp: LoadedModel, spec_text: str) -> tuple[LoadedModel, dict]:
+    """Rank truncation of `fp` matched per linear map to the weight error of the quantization `spec_text`.
+
+    Each map in the spec's scope keeps the smallest rank whose relative Frobenius error does not exceed the
+    relative error of its quantized weight (activations play no part: only the weight quantizer is applied)."""
+    from quant.api import quantize_model, towers_of
+    from quant.modules import effective_weight
+    from quant.spec import parse_spec
+    from quant.surgery import attention_surgery, list_linear_maps
+    from quant.truncation import truncate_to_errors_
+
+    spec = parse_spec(spec_text)
+    if spec.method == "smoothquant":
+        raise ValueError("rank-match needs weights in the original basis; SmoothQuant rescales them")
+    wq = copy.deepcopy(fp.model)
+    quantize_model(wq, replace(spec, a_bits=None, method="rotation" if "rotation" in spec.method else "rtn"))
+    model = attention_surgery(copy.deepcopy(fp.model))
+    maps = [m for m in list_linear_maps(model) if m.tower in towers_of(spec.scope)]
+    modules = {m.name: model.get_submodule(m.name) for m in maps}
+    errors = {}
+    for name, module in modules.items():
+        w = module.weight.detach().double()
+        errors[name] = float((effective_weight(wq.get_submodule(name)).double() - w).norm() / w.norm().clamp_min(1e-30))
+    reports = truncate_to_errors_(modules, errors)
+    summary = {"spec": f"rank-match:{spec}", "matched_errors": errors,
+               "kept_ranks": {r.name: r.kept for r in reports},
+               "energy_kept_mean": sum(r.energy_kept for r in reports) / max(1, len(reports))}
+    return fp._replace(model=model), summary
+
+
+def _build_variant(cell: Cell, fp: LoadedModel, suite: ReliabilitySuite, cfg: GridConfig, device: str,
+                   data_root: str | None) -> tuple[LoadedModel, dict | None]:
+    from .calib_data import quantize_loaded
+
+    if cell.kind == "fp":
+        return fp, None
+    if cell.kind == "rank-match":
+        return matched_truncation(fp, spec_string(cell))
+    if cell.kind == "qat":
+        from quant.spec import parse_spec
+
+        tuned = load_model(cell.checkpoint, device=device, precision=cfg.precision)
+        spec = str(parse_spec(next(q.spec for q in cfg.qat if f"qat:{q.name}" == cell.variant)))
+        return quantize_loaded(tuned, spec, suite.id_spec, device=device, data_root=data_root,
+                               calib_batches=cfg.calib_batches, qat_checkpoint=cell.checkpoint)
+    return quantize_loaded(fp, spec_string(cell), suite.id_spec, device=device, data_root=data_root,
+                           calib_batches=cfg.calib_batches)
+
+
+# ------------------------------------------------------------------------------------------------- spectra
+class _FpWeights:
+    """The FP model's linear maps (after attention surgery) and their singular values, computed once."""
+
+    def __init__(self, fp: LoadedModel):
+        from quant.surgery import attention_surgery, list_linear_maps
+        from spectral.weights import svdvals_batched
+
+        model = attention_surgery(copy.deepcopy(fp.model))
+        self.maps = {m.name: m for m in list_linear_maps(model)}
+        self.weights = {n: model.get_submodule(n).weight.detach().float().cpu() for n in self.maps}
+        sigmas = svdvals_batched(list(self.weights.values()))
+        self.sigmas = dict(zip(self.weights, sigmas))
+
+
+@torch.no_grad()
+def weight_summary(fp_weights: _FpWeights, model: torch.nn.Module, *, bins: int = DAMPING_BINS) -> dict:
+    """Relative weight error and binned σ_variant/σ_fp (against rank fraction) over the maps the variant changed."""
+    from quant.modules import effective_weight
+    from spectral.weights import svdvals_batched
+
+    changed, num, den = {}, 0.0, 0.0
+    for name, w in fp_weights.weights.items():
+        wv = effective_weight(model.get_submodule(name)).float().cpu()
+        if wv.shape != w.shape:
+            continue
+        err = float((wv - w).double().norm() ** 2)
+        if err > 0:
+            changed[name] = wv
+            num, den = num + err, den + float(w.double().norm() ** 2)
+    if not changed:
+        return {"weight_rel_error": 0.0, "weight_maps": 0, "damping": None}
+    sums, counts = [0.0] * bins, [0] * bins
+    for name, sv in zip(changed, svdvals_batched(list(changed.values()))):
+        sf = fp_weights.sigmas[name]
+        r = sf.numel()
+        for i in range(r):
+            if sf[i] > 0:
+                b = min(bins - 1, int(bins * i / r))
+                sums[b] += float(sv[i] / sf[i])
+                counts[b] += 1
+    ratio = [s / c if c else None for s, c in zip(sums, counts)]
+    return {"weight_rel_error": math.sqrt(num / den), "weight_maps": len(changed),
+            "damping": {"rank_fraction": [(b + 0.5) / bins for b in range(bins)], "ratio": ratio}}
+
+
+@torch.no_grad()
+def feature_summary(fp_feats: torch.Tensor, feats: torch.Tensor, labels: torch.Tensor, classifier: torch.Tensor,
+                    bands: tuple, *, reference: bool) -> dict:
+    """Per-rank SQNR in the FP feature basis (non-reference variants), band accuracy in the variant's own basis."""
+    from scipy.stats import spearmanr
+
+    from spectral.features import band_accuracy, band_sqnr, feature_basis, per_rank_sqnr
+    from spectral.weights import effective_rank
+
+    own = feature_basis(feats)
+    acc = band_accuracy(feats, labels, classifier, own, bands)
+    acc["all"] = float(((F.normalize(feats, dim=-1) @ classifier).argmax(-1) == labels).float().mean())
+    out = {"band_accuracy": acc, "feature_effective_rank": effective_rank(own.variances.clamp_min(0).sqrt()),
+           "sqnr_db": None, "band_sqnr_db": None, "sqnr_spearman_rho": None}
+    if not reference:
+        r = per_rank_sqnr(fp_feats, feats, feature_basis(fp_feats))
+        sq = r["sqnr_db"]
+        finite = torch.isfinite(sq)
+        out["sqnr_db"] = [float(v) if math.isfinite(v) else None for v in sq.tolist()]
+        out["band_sqnr_db"] = {k: (v if math.isfinite(v) else None) for k, v in
+                               band_sqnr(r["signal"], r["error"], bands).items()}
+        if finite.sum() > 2:
+            rho = spearmanr(torch.arange(sq.numel())[finite].numpy(), sq[finite].numpy()).statistic
+            out["sqnr_spearman_rho"] = float(rho) if math.isfinite(rho) else None
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- runner
+def _suite_config(cfg: GridConfig, cell: Cell) -> SuiteConfig:
+    from .corruptions import parse_corruptions
+
+    return SuiteConfig(model=cell.model, pretrained=cell.pretrained, dataset=cfg.dataset, ood=list(cfg.ood),
+                       corruptions=parse_corruptions(",".join(cfg.corruptions)) if cfg.corruptions else [],
+                       shift=list(cfg.shift), spurious=tuple(cfg.spurious) if cfg.spurious else None,
+                       limit=cfg.limit, ood_limit=cfg.ood_limit, seed=cell.seed, bootstrap=cfg.bootstrap,
+                       calib_batches=cfg.calib_batches, precision=cfg.precision)
+
+
+class _Group:
+    """What the cells of one (model, seed) share: the FP model, its suite, FP metrics, FP weight spectra."""
+
+    def __init__(self, cfg: GridConfig, cell: Cell, fp: LoadedModel, **suite_kw):
+        from spectral.features import parse_bands
+
+        self.fp = fp
+        self.suite = ReliabilitySuite(_suite_config(cfg, cell), **suite_kw)
+        self.bands = parse_bands(cfg.bands)
+        self.fp_key = model_fingerprint(fp.model)
+        self._fp_metrics: dict | None = None
+        self._fp_weights: _FpWeights | None = None
+
+    @property
+    def fp_metrics(self) -> dict:
+        if self._fp_metrics is None:
+            self._fp_metrics = self.suite.evaluate(self.fp, key=self.fp_key)
+        return self._fp_metrics
+
+    @property
+    def fp_weights(self) -> _FpWeights:
+        if self._fp_weights is None:
+            self._fp_weights = _FpWeights(self.fp)
+        return self._fp_weights
+
+
+def _evaluate_cell(cfg: GridConfig, cell: Cell, group: _Group, device: str, data_root: str | None) -> dict:
+    from .results import versions
+    from .zeroshot import zero_shot_classifier
+
+    t0 = time.perf_counter()
+    variant, report = _build_variant(cell, group.fp, group.suite, cfg, device, data_root)
+    key = group.fp_key if cell.kind == "fp" else model_fingerprint(variant.model)
+    t1 = time.perf_counter()
+    fp_metrics = group.fp_metrics
+    metrics = fp_metrics if cell.kind == "fp" else group.suite.evaluate(variant, key=key)
+    delta = None
+    if cell.kind != "fp":
+        from .metrics import relative_changes
+
+        spurious_changes(fp_metrics, metrics)
+        delta = relative_changes(numeric_metrics(fp_metrics), numeric_metrics(metrics))
+    t2 = time.perf_counter()
+    fp_feats, _ = group.suite.id_features(group.fp, group.fp_key)
+    feats, labels = group.suite.id_features(variant, key)
+    spec = group.suite.id_spec
+    clf = zero_shot_classifier(variant.model, variant.tokenizer, spec.classnames, spec.templates,
+                               device=device, use_cache=group.suite.use_cache).float().cpu()
+    spectral = feature_summary(fp_feats, feats, labels, clf, group.bands, reference=cell.kind == "fp")
+    if cell.kind == "fp":
+        spectral.update({"weight_rel_error": None, "weight_maps": 0, "damping": None})
+    elif cell.method == "smoothquant":  # its weights are rescaled per input channel: not comparable to FP's
+        spectral.update({"weight_rel_error": None, "weight_maps": None, "damping": None})
+    else:
+        spectral.update(weight_summary(group.fp_weights, variant.model))
+    t3 = time.perf_counter()
+    group.suite.release(keep_key=group.fp_key)
+    n = metrics.get("n")
+    metrics = {k: v for k, v in metrics.items() if k != "n"}
+    return {"hash": cell_hash(cfg, cell), "grid": cfg.name, "cell": cell.as_dict(),
+            "datasets": {"id": cfg.dataset, "ood": list(cfg.ood), "shift": list(cfg.shift),
+                         "corruptions": list(cfg.corruptions), "spurious": cfg.spurious},
+            "n": n, "metrics": metrics, "delta": delta, "spectral": spectral, "quant_report": report,
+            "seconds": round(t3 - t0, 3),
+            "timings": {"build": round(t1 - t0, 3), "eval": round(t2 - t1, 3), "spectral": round(t3 - t2, 3)},
+            "versions": versions()}
+
+
+def _finite(obj):
+    """JSON-safe copy: non-finite floats become None (the store rejects NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def run_grid(cfg: GridConfig, out: str | os.PathLike, *, shard: tuple[int, int] = (1, 1),
+             data_root: str | None = None, device: str = "cpu", batch_size: int | None = None, num_workers: int = 2,
+             progress: bool = True, use_cache: bool = True, wandb_run=None, report: bool = True) -> dict:
+    """Evaluate this shard's cells not yet stored under `out`; merge and write the report once all are stored."""
+    from tqdm.auto import tqdm
+
+    index, count = shard
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cells = shard_cells(expand_cells(cfg), index, count)
+    store = ResultsStore(_store_dir(out) / f"shard-{index}-of-{count}.jsonl")
+    done = set(load_records(out))
+    todo = [c for c in cells if cell_hash(cfg, c) not in done]
+    summary = {"cells": len(cells), "skipped": len(cells) - len(todo), "evaluated": 0}
+    fps: dict[tuple, LoadedModel] = {}
+    groups: dict[tuple, _Group] = {}
+    suite_kw = dict(data_root=data_root, device=device, batch_size=batch_size or cfg.batch_size,
+                    num_workers=num_workers, progress=False, use_cache=use_cache)
+    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc=f"ablate {cfg.name}", unit="cell",
+               disable=not progress, dynamic_ncols=True)
+    try:
+        for cell in todo:
+            bar.set_postfix_str(cell.variant)
+            model_key = (cell.model, cell.pretrained)
+            if model_key not in fps:
+                fps[model_key] = load_model(cell.model, cell.pretrained, device=device, precision=cfg.precision)
+            group_key = (*model_key, cell.seed)
+            if group_key not in groups:
+                groups.clear()  # one (model, seed) group in memory at a time: cells are grouped in grid order
+                groups[group_key] = _Group(cfg, cell, fps[model_key], **suite_kw)
+            record = _finite(_evaluate_cell(cfg, cell, groups[group_key], device, data_root))
+            store.append(record)
+            summary["evaluated"] += 1
+            m = record["metrics"]
+            bar.write(f"{cell.id}: acc1={m['acc1']:.4f} ece={m['ece']:.4f} ({record['seconds']:.1f}s)")
+            if wandb_run is not None:
+                _log_cell(wandb_run, record)
+            bar.update(1)
+    finally:
+        bar.close()
+    records, missing = merge_results(cfg, out)
+    summary["missing"] = [c.id for c in missing]
+    if not missing and report:
+        from .report import write_report
+
+        summary["report"] = write_report(records, out, title=f"qclip ablation: {cfg.name}", grid=asdict(cfg))
+    return summary
+
+
+def _log_cell(run, record: dict) -> None:
+    """One wandb log call per cell: the cell's scalar metrics, flattened with '/'."""
+    flat: dict = {"cell/variant": record["cell"]["variant"], "cell/seconds": record["seconds"]}
+
+    def walk(prefix: str, obj) -> None:
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                if k not in ("reliability", "ci"):
+                    walk(f"{prefix}/{k}" if prefix else str(k), v)
+        elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
+            flat[prefix] = obj
+
+    walk("metrics", record["metrics"])
+    walk("delta", record["delta"] or {})
+    for key in ("weight_rel_error", "sqnr_spearman_rho", "feature_effective_rank"):
+        if record["spectral"].get(key) is not None:
+            flat[f"spectral/{key}"] = record["spectral"][key]
+    run.log(flat)

@@ -1,0 +1,218 @@
+"""The ablation grid as data: a validated `GridConfig` read from YAML, expanded into `Cell`s and split into shards.
+
+A cell is one model variant evaluated on every dataset of the grid: the full-precision reference, a PTQ spec
+(method × bits × scope), a rank truncation, a rank truncation matched per layer to a quantization's weight error
+(`rank-match:w4a8`), or a QAT checkpoint from `qclip fit`. Cells are enumerated in a fixed order, and shard I of
+N takes every N-th cell starting at I-1, so N processes can share one store directory.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from .errors import QclipInputError
+
+__all__ = ["GridConfig", "Cell", "QatEntry", "load_grid", "expand_cells", "parse_shard", "shard_cells", "spec_string"]
+
+_METHOD_SUFFIX = {"rtn": "", "smoothquant": "-smoothquant", "rot": "-rot", "rotation": "-rot"}
+_SCOPE_SUFFIX = {"vision": "", "vision+text": "-vt"}
+
+
+@dataclass(frozen=True)
+class QatEntry:
+    """A `qclip fit` checkpoint evaluated as a grid row: its name, the spec it was trained with, the file."""
+
+    name: str
+    spec: str
+    checkpoint: str
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One model variant of the grid (evaluated on all of the grid's datasets)."""
+
+    model: str
+    pretrained: str | None
+    variant: str  # fp | a quant spec | rank-... | rank-match:<quant spec> | qat:<name>
+    kind: str  # fp | quant | rank | rank-match | qat
+    seed: int
+    method: str | None = None
+    bits: str | None = None
+    scope: str | None = None
+    checkpoint: str | None = None
+
+    @property
+    def id(self) -> str:
+        """Human-readable unique id, e.g. `demo|w4a8-rot|s0`."""
+        model = self.model if self.pretrained is None else f"{self.model}:{self.pretrained}"
+        return f"{model}|{self.variant}|s{self.seed}"
+
+    def as_dict(self) -> dict:
+        """The cell as stored in a record (with its id)."""
+        return {"id": self.id, **asdict(self)}
+
+
+@dataclass
+class GridConfig:
+    """What `qclip ablate` evaluates: models × variants × seeds, each on the ID/OOD/shift/corruption datasets."""
+
+    name: str = "ablation"
+    models: list[dict] = field(default_factory=lambda: [{"name": "demo"}])
+    methods: list[str] = field(default_factory=lambda: ["rtn"])
+    bits: list[str] = field(default_factory=lambda: ["w8a8", "w6a8", "w4a8"])
+    scopes: list[str] = field(default_factory=lambda: ["vision"])
+    extra_specs: list[str] = field(default_factory=list)
+    truncation: list[str] = field(default_factory=list)
+    match_truncation: list[str] = field(default_factory=list)
+    qat: list[QatEntry] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    dataset: str = "wds/cifar10"
+    ood: list[str] = field(default_factory=list)
+    shift: list[str] = field(default_factory=list)
+    corruptions: list[str] = field(default_factory=list)
+    spurious: list[str] | None = None
+    limit: int | None = 2000
+    ood_limit: int | None = 1000
+    bootstrap: int = 100
+    calib_batches: int | None = None
+    precision: str = "fp32"
+    bands: str = "0-8,8-64,64-"
+    batch_size: int = 256
+
+    def __post_init__(self):
+        from quant.spec import SCOPES, parse_spec
+
+        from .corruptions import parse_corruptions
+
+        if not self.models:
+            raise QclipInputError("grid: 'models' is empty")
+        for m in self.models:
+            if not isinstance(m, dict) or "name" not in m or set(m) - {"name", "pretrained"}:
+                raise QclipInputError(f"grid: each model is {{name: ..., pretrained: ...}}, got {m!r}")
+        for method in self.methods:
+            if method not in _METHOD_SUFFIX:
+                raise QclipInputError(f"grid: unknown method {method!r} (choose from {sorted(_METHOD_SUFFIX)})")
+        for scope in self.scopes:
+            if scope not in SCOPES:
+                raise QclipInputError(f"grid: unknown scope {scope!r} (choose from {SCOPES})")
+        self.qat = [q if isinstance(q, QatEntry) else _qat_entry(q) for q in self.qat]
+        try:
+            for text in [*self.quant_specs(), *self.truncation, *self.match_truncation, *(q.spec for q in self.qat)]:
+                parse_spec(text)
+            self.corruptions = [f"{n}:{s}" for n, s in parse_corruptions(",".join(self.corruptions))]
+        except ValueError as exc:
+            raise QclipInputError(f"grid: {exc}") from None
+        for text in self.truncation:
+            if parse_spec(text).kind != "rank":
+                raise QclipInputError(f"grid: truncation entry {text!r} is not a rank spec (rank-e0.9, rank-f0.5, ...)")
+        for text in self.match_truncation:
+            if parse_spec(text).kind != "quant":
+                raise QclipInputError(f"grid: match_truncation entry {text!r} is not a quantization spec")
+        if self.spurious is not None and len(self.spurious) != 2:
+            raise QclipInputError("grid: 'spurious' is a pair [common, counter]")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise QclipInputError(f"grid: 'seeds' must be distinct integers, got {self.seeds!r}")
+
+    def quant_specs(self) -> list[str]:
+        """PTQ spec strings: scopes × methods × bits, then `extra_specs` (duplicates dropped)."""
+        specs = [f"{bits}{_METHOD_SUFFIX[method]}{_SCOPE_SUFFIX[scope]}"
+                 for scope in self.scopes for method in self.methods for bits in self.bits]
+        return list(dict.fromkeys([*specs, *self.extra_specs]))
+
+    def key(self) -> dict:
+        """The settings every cell's result depends on (part of each cell's hash)."""
+        return {"dataset": self.dataset, "ood": self.ood, "shift": self.shift, "corruptions": self.corruptions,
+                "spurious": self.spurious, "limit": self.limit, "ood_limit": self.ood_limit,
+                "bootstrap": self.bootstrap, "calib_batches": self.calib_batches, "precision": self.precision,
+                "bands": self.bands}
+
+
+def _qat_entry(entry) -> QatEntry:
+    if not isinstance(entry, dict) or set(entry) - {"name", "spec", "checkpoint"} or "checkpoint" not in entry:
+        raise QclipInputError(f"grid: each qat entry is {{name, spec, checkpoint}}, got {entry!r}")
+    spec = entry.get("spec")
+    if not spec:
+        raise QclipInputError(f"grid: qat entry {entry!r} needs the 'spec' it was trained with (e.g. w4a8-lsq)")
+    return QatEntry(name=str(entry.get("name") or Path(entry["checkpoint"]).stem), spec=str(spec),
+                    checkpoint=str(entry["checkpoint"]))
+
+
+def spec_string(cell: Cell) -> str | None:
+    """The quant/rank spec a cell applies (None for the FP reference)."""
+    if cell.kind in ("quant", "rank"):
+        return cell.variant
+    if cell.kind == "rank-match":
+        return cell.variant.split(":", 1)[1]
+    return None
+
+
+def load_grid(path: str | os.PathLike, **overrides) -> GridConfig:
+    """Read a grid YAML file (unknown keys are an error naming them); keyword overrides win over the file."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise QclipInputError(f"grid config {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise QclipInputError(f"grid config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise QclipInputError(f"grid config {path} must be a mapping of settings")
+    known = {f.name for f in fields(GridConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise QclipInputError(f"grid config {path}: unknown keys {unknown} (known: {sorted(known)})")
+    data.setdefault("name", path.stem)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return GridConfig(**data)
+    except TypeError as exc:
+        raise QclipInputError(f"grid config {path}: {exc}") from None
+
+
+def expand_cells(cfg: GridConfig) -> list[Cell]:
+    """Every cell in a fixed order: per model and seed, FP, PTQ specs, matched truncations, truncations, QAT."""
+    from quant.spec import parse_spec
+
+    cells = []
+    for model in cfg.models:
+        name, pretrained = model["name"], model.get("pretrained")
+        for seed in cfg.seeds:
+            cells.append(Cell(name, pretrained, "fp", "fp", seed))
+            for text in cfg.quant_specs():
+                spec = parse_spec(text)
+                bits = f"w{spec.w_bits}" + (f"a{spec.a_bits}" if spec.a_bits else "")
+                cells.append(Cell(name, pretrained, str(spec), "quant", seed, spec.method, bits, spec.scope))
+            for text in cfg.match_truncation:
+                spec = parse_spec(text)
+                cells.append(Cell(name, pretrained, f"rank-match:{spec}", "rank-match", seed, None, None, spec.scope))
+            for text in cfg.truncation:
+                spec = parse_spec(text)
+                cells.append(Cell(name, pretrained, str(spec), "rank", seed, None, None, spec.scope))
+            for q in cfg.qat:
+                spec = parse_spec(q.spec)
+                bits = f"w{spec.w_bits}" + (f"a{spec.a_bits}" if spec.a_bits else "")
+                cells.append(Cell(name, pretrained, f"qat:{q.name}", "qat", seed, spec.method, bits, spec.scope,
+                                  q.checkpoint))
+    return cells
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """`I/N` (1 ≤ I ≤ N) → (I, N); None → (1, 1)."""
+    if text is None:
+        return 1, 1
+    try:
+        i, n = (int(p) for p in text.split("/"))
+    except ValueError:
+        raise QclipInputError(f"bad --shard {text!r}: expected I/N, e.g. 1/4") from None
+    if not 1 <= i <= n:
+        raise QclipInputError(f"bad --shard {text!r}: need 1 <= I <= N")
+    return i, n
+
+
+def shard_cells(cells: list[Cell], index: int, count: int) -> list[Cell]:
+    """Shard `index` of `count` (1-based): cells index-1, index-1+count, ... (deterministic, disjoint, complete)."""
+    return cells[index - 1::count]

@@ -1,0 +1,261 @@
+"""`qclip ablate`: grid expansion and sharding, matched truncation, the runner end to end on the micro model,
+resume after kill -9, shards + merge equal one unsharded run, and the report against the store."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from evals.errors import QclipInputError
+from evals.grid import GridConfig, expand_cells, load_grid, parse_shard, shard_cells
+from qclip.cli import main
+
+RUNTIME_KEYS = ("seconds", "timings", "written_at", "versions")
+
+
+def _grid_yaml(path, micro_dir, **extra) -> str:
+    lines = [
+        "name: tiny",
+        f"models: [{{name: 'local-dir:{micro_dir}'}}]",
+        "methods: [rtn]",
+        "bits: [w8a8, w4a8]",
+        "scopes: [vision]",
+        "match_truncation: [w4a8]",
+        "truncation: [rank-f0.5]",
+        "dataset: wds/cifar10",
+        "ood: [wds/fashion_mnist]",
+        "shift: [wds/imagenet_cifar10_shift]",
+        "corruptions: [gaussian_noise:3]",
+        "limit: 96",
+        "ood_limit: 48",
+        "bootstrap: 20",
+        "bands: 0-4,4-16,16-",
+        "batch_size: 48",
+    ] + [f"{k}: {v}" for k, v in extra.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def _stored(out) -> list[dict]:
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+def _strip(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k not in RUNTIME_KEYS}
+
+
+def _assert_same_records(got: list[dict], want: list[dict]) -> None:
+    """Equal records (runtime fields aside); floats to 1e-6 (float32 SVD round-off; truncated σ ratios sit at ~1e-7 noise)."""
+    def same(a, b, path):
+        if isinstance(a, dict) and isinstance(b, dict):
+            assert set(a) == set(b), path
+            for k in a:
+                same(a[k], b[k], f"{path}/{k}")
+        elif isinstance(a, list) and isinstance(b, list):
+            assert len(a) == len(b), path
+            for i, (x, y) in enumerate(zip(a, b)):
+                same(x, y, f"{path}[{i}]")
+        elif isinstance(a, float) and isinstance(b, float):
+            assert a == pytest.approx(b, rel=1e-6, abs=1e-6), path
+        else:
+            assert a == b, path
+
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        same(_strip(g), _strip(w), g["cell"]["id"])
+
+
+# ------------------------------------------------------------------------------------------------ the grid
+def test_grid_expansion_order_and_specs():
+    cfg = GridConfig(methods=["rtn", "rot"], bits=["w8a8", "w4a8"], scopes=["vision", "vision+text"],
+                     truncation=["rank-e0.9"], match_truncation=["w4a8"], seeds=[0, 1])
+    cells = expand_cells(cfg)
+    assert len(cells) == 2 * (1 + 8 + 1 + 1)
+    first = [c.variant for c in cells[:11]]
+    assert first == ["fp", "w8a8", "w4a8", "w8a8-rot", "w4a8-rot", "w8a8-vt", "w4a8-vt", "w8a8-rot-vt",
+                     "w4a8-rot-vt", "rank-match:w4a8", "rank-e0.9"]
+    assert {c.seed for c in cells[:11]} == {0} and {c.seed for c in cells[11:]} == {1}
+    assert cells[4].method == "rotation" and cells[4].bits == "w4a8" and cells[5].scope == "vision+text"
+    assert len({c.id for c in cells}) == len(cells)
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 5])
+def test_shards_are_disjoint_and_complete(count):
+    cells = expand_cells(GridConfig(methods=["rtn", "smoothquant"], truncation=["rank-e0.5", "rank-f0.25"]))
+    parts = [shard_cells(cells, i, count) for i in range(1, count + 1)]
+    ids = [c.id for part in parts for c in part]
+    assert sorted(ids) == sorted(c.id for c in cells) and len(ids) == len(set(ids))
+    assert parts == [shard_cells(cells, i, count) for i in range(1, count + 1)]  # deterministic
+
+
+@pytest.mark.parametrize("text", ["0/2", "3/2", "1-2", "a/b"])
+def test_bad_shard_is_input_error(text):
+    with pytest.raises(QclipInputError, match="--shard"):
+        parse_shard(text)
+
+
+@pytest.mark.parametrize("content, match", [
+    ("methods: [awq]", "unknown method"),
+    ("bits: [w9a8]", "w_bits"),
+    ("scopes: [audio]", "unknown scope"),
+    ("truncation: [w4a8]", "not a rank spec"),
+    ("corruptions: [fog_of_war:3]", "fog_of_war"),
+    ("colour: blue", "unknown keys"),
+    ("spurious: [wds/a]", "pair"),
+    ("- a\n- b", "mapping"),
+])
+def test_bad_grid_is_input_error(tmp_path, content, match):
+    path = tmp_path / "g.yaml"
+    path.write_text(content + "\n")
+    with pytest.raises(QclipInputError, match=match):
+        load_grid(path)
+
+
+# ------------------------------------------------------------------------------------------ matched truncation
+def test_matched_truncation_keeps_the_smallest_rank_within_the_quant_error(micro_model):
+    from evals.ablate import matched_truncation
+    from quant.modules import effective_weight
+    from quant.surgery import attention_surgery
+
+    variant, report = matched_truncation(micro_model, "w4a8")
+    fp = attention_surgery(micro_model.model)
+    assert report["kept_ranks"] and set(report["kept_ranks"]) == set(report["matched_errors"])
+    for name, eps in report["matched_errors"].items():
+        w = effective_weight(fp.get_submodule(name)).double().flatten(1)
+        wk = variant.model.get_submodule(name).weight.detach().double().flatten(1)
+        err = float((wk - w).norm() / w.norm())
+        assert err <= eps + 1e-6, name
+        k = report["kept_ranks"][name]
+        s = torch.linalg.svdvals(w)
+        if k > 1:  # one component fewer would exceed the quantization's error (minimality)
+            assert float(s[k - 1:].square().sum().sqrt() / w.norm()) > eps - 1e-6, name
+    assert any(k < min(variant.model.get_submodule(n).weight.flatten(1).shape)
+               for n, k in report["kept_ranks"].items())
+
+
+def test_weight_summary_of_a_truncation(micro_model):
+    from evals.ablate import _FpWeights, weight_summary
+    from evals.calib_data import quantize_loaded
+
+    from quant.surgery import attention_surgery
+
+    ref = _FpWeights(micro_model)
+    same = weight_summary(ref, attention_surgery(copy.deepcopy(micro_model.model)))
+    assert same["weight_maps"] == 0 and same["weight_rel_error"] == 0.0 and same["damping"] is None
+    truncated, _ = quantize_loaded(micro_model, "rank-f0.5", None)  # truncation needs no calibration data
+    out = weight_summary(ref, truncated.model, bins=4)
+    assert out["weight_maps"] == 14  # the micro ViT's vision maps
+    ratio = out["damping"]["ratio"]
+    assert ratio[0] == pytest.approx(1.0, abs=1e-4)  # the kept top half is untouched...
+    assert ratio[-1] == pytest.approx(0.0, abs=1e-4)  # ...and the bottom half removed
+    assert 0 < out["weight_rel_error"] < 1
+
+
+# ------------------------------------------------------------------------------------------ end to end
+@pytest.fixture(scope="module")
+def reference_run(micro_dir, data_root, tmp_path_factory):
+    """One uninterrupted run of the tiny grid (5 cells)."""
+    tmp = tmp_path_factory.mktemp("ablate-ref")
+    config = _grid_yaml(tmp / "grid.yaml", micro_dir)
+    out = tmp / "run"
+    rc = main(["ablate", "--config", config, "--out", str(out), "--data-root", str(data_root), "--no-progress",
+               "--workers", "0"])
+    assert rc == 0
+    return config, out
+
+
+def test_ablate_end_to_end_report_matches_store(reference_run):
+    _, out = reference_run
+    records = _stored(out)
+    assert [r["cell"]["variant"] for r in records] == ["fp", "w8a8", "w4a8", "rank-match:w4a8", "rank-f0.5"]
+    fp, w8, w4, match, rank = records
+    assert fp["delta"] is None and w4["delta"]["acc1"] == pytest.approx(
+        (fp["metrics"]["acc1"] - w4["metrics"]["acc1"]) / fp["metrics"]["acc1"])
+    assert set(w4["metrics"]["ood"]) == {"wds/fashion_mnist"} and "gaussian_noise:3" in w4["metrics"]["corruptions"]
+    assert w4["spectral"]["weight_rel_error"] > w8["spectral"]["weight_rel_error"] > 0
+    assert match["spectral"]["weight_rel_error"] <= w4["spectral"]["weight_rel_error"] + 1e-6
+    assert len(w4["spectral"]["sqnr_db"]) == 32 and w4["spectral"]["sqnr_spearman_rho"] is not None
+    assert fp["spectral"]["sqnr_db"] is None and set(fp["spectral"]["band_accuracy"]) >= {"0-4", "all"}
+    assert all(r["timings"]["eval"] >= 0 and r["seconds"] > 0 for r in records)
+    for name in ("results.csv", "report.md", "results.jsonl"):
+        assert (out / name).is_file()
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    by_id = {r["cell"]["id"]: r for r in records}
+    id_rows = [row for row in rows if row["role"] == "id"]
+    assert len(id_rows) == 5
+    for row in id_rows:
+        assert float(row["acc1"]) == pytest.approx(by_id[row["cell_id"]]["metrics"]["acc1"])
+        assert float(row["ece"]) == pytest.approx(by_id[row["cell_id"]]["metrics"]["ece"])
+    report = (out / "report.md").read_text()
+    assert f"{w4['metrics']['acc1']:.4f}" in report and f"{fp['metrics']['ece']:.4f}" in report
+    for link in (part.split(")")[0] for part in report.split("](")[1:]):
+        if link.endswith(".png"):
+            assert (out / link).is_file(), link
+
+
+def test_rerun_skips_every_stored_cell(reference_run, data_root, capsys):
+    config, out = reference_run
+    before = (out / "store" / "shard-1-of-1.jsonl").read_text()
+    rc = main(["ablate", "--config", config, "--out", str(out), "--data-root", str(data_root), "--no-progress"])
+    assert rc == 0 and "0 cells evaluated, 5 already stored" in capsys.readouterr().out
+    assert (out / "store" / "shard-1-of-1.jsonl").read_text() == before
+
+
+def test_two_shards_and_merge_equal_one_run(reference_run, data_root, tmp_path, capsys):
+    config, ref_out = reference_run
+    out = tmp_path / "sharded"
+    common = ["--config", config, "--out", str(out), "--data-root", str(data_root), "--no-progress", "--no-cache"]
+    assert main(["ablate", *common, "--shard", "1/2"]) == 0
+    assert "pending" in capsys.readouterr().out and not (out / "report.md").exists()
+    assert main(["ablate", "--config", config, "--out", str(out), "--merge"]) == 2  # shard 2 not run yet
+    assert main(["ablate", *common, "--shard", "2/2"]) == 0  # the last shard merges and reports
+    assert (out / "report.md").is_file()
+    assert main(["ablate", "--config", config, "--out", str(out), "--merge"]) == 0
+    _assert_same_records(_stored(out), _stored(ref_out))
+
+
+@pytest.mark.slow
+def test_kill_9_loses_at_most_the_cell_in_flight(reference_run, data_root, tmp_path):
+    config, ref_out = reference_run
+    out = tmp_path / "killed"
+    store = out / "store" / "shard-1-of-1.jsonl"
+    cmd = [sys.executable, "-m", "qclip", "ablate", "--config", config, "--out", str(out), "--data-root",
+           str(data_root), "--no-progress", "--no-cache", "--workers", "0"]
+    env = {**os.environ}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and (not store.exists() or len(store.read_text().splitlines()) < 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(store.read_text().splitlines())
+    assert 2 <= done_before < 5, "the run finished before it could be killed"
+    with open(store, "a") as f:  # a torn line, as a kill during a write would leave
+        f.write('{"hash": "deadbeef", "metrics": {"acc1": 0.')
+    assert subprocess.run(cmd, env=env, capture_output=True).returncode == 0
+    records = _stored(out)
+    assert len({r["hash"] for r in records}) == len(records) == 5
+    _assert_same_records(records, _stored(ref_out))
+
+
+def test_wandb_logs_every_cell_offline(micro_dir, data_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    config = _grid_yaml(tmp_path / "g.yaml", micro_dir, limit=32, ood_limit=16)
+    config_text = open(config).read().replace("bits: [w8a8, w4a8]", "bits: [w8a8]")
+    config_text = config_text.replace("match_truncation: [w4a8]", "match_truncation: []")
+    open(config, "w").write(config_text.replace("truncation: [rank-f0.5]", "truncation: []"))
+    out = tmp_path / "wb"
+    assert main(["ablate", "--config", config, "--out", str(out), "--data-root", str(data_root), "--wandb",
+                 "--no-progress"]) == 0
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert runs and list(runs[0].glob("*.wandb"))
