@@ -14,7 +14,8 @@ from pathlib import Path
 
 from .errors import QclipInputError
 
-__all__ = ["GridConfig", "Cell", "QatEntry", "load_grid", "expand_cells", "parse_shard", "shard_cells", "spec_string"]
+__all__ = ["GridConfig", "Cell", "QatEntry", "load_grid", "expand_cells", "parse_shard", "shard_cells", "spec_string",
+           "grid_data_root"]
 
 _METHOD_SUFFIX = {"rtn": "", "smoothquant": "-smoothquant", "rot": "-rot", "rotation": "-rot"}
 _SCOPE_SUFFIX = {"vision": "", "vision+text": "-vt"}
@@ -80,6 +81,7 @@ class GridConfig:
     precision: str = "fp32"
     bands: str = "0-8,8-64,64-"
     batch_size: int = 256
+    data_root: str | None = None  # used when neither --data-root nor $QCLIP_DATA_ROOT is given
 
     def __post_init__(self):
         from quant.spec import SCOPES, parse_spec
@@ -139,6 +141,15 @@ def _qat_entry(entry) -> QatEntry:
                     checkpoint=str(entry["checkpoint"]))
 
 
+def grid_data_root(cfg: GridConfig, data_root: str | None) -> str | None:
+    """The data root of a run: `--data-root`, else `$QCLIP_DATA_ROOT`, else the grid's `data_root` if it exists."""
+    if data_root or os.environ.get("QCLIP_DATA_ROOT"):
+        return data_root
+    if cfg.data_root and ("://" in cfg.data_root or Path(cfg.data_root).is_dir()):
+        return cfg.data_root
+    return None
+
+
 def spec_string(cell: Cell) -> str | None:
     """The quant/rank spec a cell applies (None for the FP reference)."""
     if cell.kind in ("quant", "rank"):
@@ -166,6 +177,9 @@ def load_grid(path: str | os.PathLike, **overrides) -> GridConfig:
     if unknown:
         raise QclipInputError(f"grid config {path}: unknown keys {unknown} (known: {sorted(known)})")
     data.setdefault("name", path.stem)
+    root = data.get("data_root")
+    if root and "://" not in str(root) and not Path(root).is_absolute():  # relative to the config file
+        data["data_root"] = str((path.parent / root).resolve())
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return GridConfig(**data)

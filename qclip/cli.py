@@ -237,10 +237,11 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
 
     from evals.ablate import merge_results, run_grid
     from evals.errors import QclipInputError
-    from evals.grid import load_grid, parse_shard
+    from evals.grid import grid_data_root, load_grid, parse_shard
 
     cfg = load_grid(args.config, limit=args.limit, ood_limit=args.ood_limit)
     shard = parse_shard(args.shard)
+    data_root = grid_data_root(cfg, args.data_root)
     if args.merge:
         from dataclasses import asdict
 
@@ -256,7 +257,7 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     if any(m["name"] == "demo" for m in cfg.models):
         from train.demo import ensure_demo_model
 
-        ensure_demo_model(data_root=args.data_root, progress=not args.no_progress)
+        ensure_demo_model(data_root=data_root, progress=not args.no_progress)
     run = None
     if args.wandb:
         import wandb
@@ -264,7 +265,7 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
         run = wandb.init(project=args.wandb_project, mode=os.environ.get("WANDB_MODE", "offline"), dir=args.out,
                          config={"grid": cfg.key(), "name": cfg.name, "shard": args.shard}, job_type="ablate")
     try:
-        summary = run_grid(cfg, args.out, shard=shard, data_root=args.data_root, device=_device(args.device),
+        summary = run_grid(cfg, args.out, shard=shard, data_root=data_root, device=_device(args.device),
                            batch_size=args.batch_size, num_workers=args.workers, progress=not args.no_progress,
                            use_cache=not args.no_cache, wandb_run=run)
     finally:

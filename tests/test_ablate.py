@@ -259,3 +259,22 @@ def test_wandb_logs_every_cell_offline(micro_dir, data_root, tmp_path, monkeypat
                  "--no-progress"]) == 0
     runs = list((out / "wandb").glob("offline-run-*"))
     assert runs and list(runs[0].glob("*.wandb"))
+
+
+def test_grid_data_root_is_relative_to_the_config_and_yields_to_flags_and_env(tmp_path, monkeypatch):
+    from evals.grid import grid_data_root
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "configs").mkdir()
+    path = tmp_path / "configs" / "g.yaml"
+    path.write_text("data_root: ../data\n")
+    cfg = load_grid(path)
+    assert cfg.data_root == str((tmp_path / "data").resolve())
+    monkeypatch.delenv("QCLIP_DATA_ROOT", raising=False)
+    assert grid_data_root(cfg, None) == cfg.data_root
+    assert grid_data_root(cfg, "/elsewhere") == "/elsewhere"
+    monkeypatch.setenv("QCLIP_DATA_ROOT", "/from-env")
+    assert grid_data_root(cfg, None) is None  # resolve_data_root then reads the environment
+    monkeypatch.delenv("QCLIP_DATA_ROOT")
+    path.write_text("data_root: ../missing\n")
+    assert grid_data_root(load_grid(path), None) is None  # a missing folder falls back to the public location
