@@ -42,7 +42,7 @@ def dataset_features(model: nn.Module, preprocess: Callable, spec: DatasetSpec, 
     """Float32 image features and labels of `spec` (optionally corrupted), cached by model/data/corruption key."""
     key = hashlib.sha256(json.dumps({"model": model_key, "dataset": spec.name, "split": spec.split,
                                      "shards": list(spec.shards), "limit": limit, "corruption": corruption,
-                                     "seed": seed, "autocast": autocast,
+                                     "seed": seed, "autocast": autocast, "order": "stream",  # loader order v2
                                      "preprocess": repr(preprocess)}).encode()).hexdigest()[:32]
     path = cache_dir("features") / f"{key}.pt"
     if use_cache and path.is_file():
