@@ -78,3 +78,16 @@ def test_module_rejects_bad_settings():
         QATCLIPModule(spectral_lambda=-1)
     with pytest.raises(ValueError, match="both be 0"):
         QATCLIPModule(contrastive_weight=0.0, distill_weight=0.0)
+
+
+@pytest.mark.parametrize("freeze_bn", [True, False])
+def test_freeze_bn_keeps_batchnorm_on_running_statistics(freeze_bn):
+    module = QATCLIPModule(model="unused", quant=None, freeze_bn=freeze_bn)
+    module.model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU())
+    stats = module.model[1].running_mean.clone()
+    module.train()
+    assert module.model[0].training and module.model[1].training is not freeze_bn
+    module.model(torch.randn(8, 3, 6, 6) + 3.0)
+    assert torch.equal(module.model[1].running_mean, stats) is freeze_bn
+    module.eval()
+    assert not module.model[1].training
