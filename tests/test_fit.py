@@ -104,3 +104,20 @@ def test_eval_of_a_qat_checkpoint_uses_its_trained_steps(micro_dir, data_root, t
     assert main(["eval", "--model", str(ckpt), "--quant", "w4a8-lsq", "--dataset", "wds/cifar10", "--data-root",
                  str(data_root), "--limit", "32", "--bootstrap", "0", "--workers", "0", "--no-progress",
                  "--out", str(out)]) == 0
+
+
+@pytest.mark.parametrize("freeze_bn", ["true", "false"])
+def test_freeze_bn_through_a_real_fit(tmp_path, freeze_bn):
+    """A micro ResNet CLIP: with freeze_bn its BatchNorm running statistics survive QAT fine-tuning unchanged."""
+    from evals.models import save_open_clip_dir
+
+    torch.manual_seed(0)
+    model = open_clip.create_model("qclip-micro-rn")
+    src = save_open_clip_dir(model, open_clip.get_model_config("qclip-micro-rn"), tmp_path / "rn")
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running_mean" in k}
+    root = tmp_path / "run"
+    assert main(fit_args(src, root, "--trainer.max_epochs", "1", "--model.freeze_bn", freeze_bn)) == 0
+    after = {k.removeprefix("model."): v for k, v in weights(root / "checkpoints" / "last.ckpt").items()}
+    assert before and all(k in after for k in before)
+    unchanged = all(torch.equal(before[k], after[k]) for k in before)
+    assert unchanged is (freeze_bn == "true")

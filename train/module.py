@@ -91,6 +91,7 @@ class QATCLIPModule(L.LightningModule):
                                    if m.tower == "vision" and m.role != "patch_embed"]
             k = int(hp.spectral_k) if hp.spectral_k >= 1 else hp.spectral_k
             self.weight_penalty = SpectralTailPenalty(k=k, refresh_every=hp.spectral_refresh)
+        self._freeze_batchnorm()  # last: prepare_qat restores train mode on every submodule
 
     def train(self, mode: bool = True):
         """Switch modes; the frozen teacher always stays in eval mode (its BatchNorm statistics never move), and
@@ -99,11 +100,15 @@ class QATCLIPModule(L.LightningModule):
         super().train(mode)
         if self.teacher is not None:
             self.teacher.eval()
-        if mode and self.hparams.freeze_bn and self.model is not None:
+        self._freeze_batchnorm()
+        return self
+
+    def _freeze_batchnorm(self) -> None:
+        # Lightning (>= 2.2) keeps each submodule's mode as set here rather than calling train() at fit start
+        if self.hparams.freeze_bn and self.model is not None:
             for module in self.model.modules():
                 if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                     module.eval()
-        return self
 
     # ---------------------------------------------------------------------------------------------- training
     def spectral_penalty(self, image_features: torch.Tensor) -> torch.Tensor:
