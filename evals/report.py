@@ -229,6 +229,24 @@ def _sqnr_finding(records: list[dict]) -> dict:
                     "ρ < 0 in {k}/{n} non-FP cells" + med, "no per-rank SQNR in these records")
 
 
+def _damping_mean(rec: dict, inside) -> float | None:
+    """Mean binned σ_variant/σ_fp over the rank fractions `inside(x)` selects (None without damping data)."""
+    d = _spectral(rec, "damping") or {}
+    return _mean(_num(v) for x, v in zip(d.get("rank_fraction") or [], d.get("ratio") or []) if inside(x))
+
+
+def _weight_damping_finding(records: list[dict]) -> dict:
+    tails = [t for r in records if _cell(r).get("kind") in _QUANT
+             if (t := _damping_mean(r, lambda x: x >= 0.5)) is not None]
+    flags = [t < 1 for t in tails]
+    med = f"; median tail σ_q/σ_fp = {median(tails):.4f}" if tails else ""
+    if tails and sum(flags) * 2 <= len(flags):
+        med += " (quantization noise adds energy to the weights' tail; the paper's damping is in the features)"
+    return _verdict("weight_damping", "Quantization damps the weights' high-rank singular values", flags,
+                    "σ_q/σ_fp < 1 over the bottom 50% of ranks in {k}/{n} quant cells" + med,
+                    "no weight-spectrum damping for quant cells")
+
+
 def _rank_match_finding(records: list[dict]) -> dict:
     refs, by_variant = _references(records), {(_group(r), _cell(r).get("variant")): r for r in records}
     same_acc = same_ece = 0
@@ -252,7 +270,8 @@ def _rank_match_finding(records: list[dict]) -> dict:
 
 def findings(records: list[dict]) -> list[dict]:
     """The paper's directional claims tested on these records: [{claim, holds: bool|None, evidence: str, ...}]."""
-    return [*(claim(records) for claim in _CLAIMS), _sqnr_finding(records), _rank_match_finding(records)]
+    return [*(claim(records) for claim in _CLAIMS), _sqnr_finding(records), _weight_damping_finding(records),
+            _rank_match_finding(records)]
 
 
 # ------------------------------------------------------------------------------------------------ formatting
@@ -450,12 +469,8 @@ def _damping(ctx: _Ctx) -> list[str]:
     recs = [r for r in ctx.records if (_spectral(r, "damping") or {}).get("ratio")]
     if not recs:
         return [*lines, "No weight-spectrum damping in these records (FP and SmoothQuant cells have none).", ""]
-
-    def part(rec: dict, inside) -> float | None:
-        d = _spectral(rec, "damping")
-        return _mean(_num(v) for x, v in zip(d["rank_fraction"], d["ratio"]) if inside(x))
-
-    rows = [[ctx.label(r), _fmt(part(r, lambda x: x < 0.1)), _fmt(part(r, lambda x: x >= 0.5))] for r in recs]
+    rows = [[ctx.label(r), _fmt(_damping_mean(r, lambda x: x < 0.1)), _fmt(_damping_mean(r, lambda x: x >= 0.5))]
+            for r in recs]
     series = {ctx.label(r): (_spectral(r, "damping")["rank_fraction"], _spectral(r, "damping")["ratio"]) for r in recs}
     fig = _lines_plot(series, "rank fraction i/r", "mean σ_q / σ_fp", "singular-value damping of changed maps")
     return [*lines, ("Mean σ_q/σ_fp over the maps each variant changed: head = top 10% of ranks (rank fraction < 0.1, "

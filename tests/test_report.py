@@ -202,6 +202,17 @@ def test_findings_on_constructed_records():
         assert f"{agree}/{n}" in found[key]["evidence"]
         assert found[key]["claim"]
     assert "-0.200" in found["sqnr"]["evidence"]  # median ρ of (-0.6, -0.5, -0.3, -0.1, 0.2, 0.4)
+    damped = found["weight_damping"]  # ratios 1 - wre·i/20 fall below 1 in every quant cell with a weight error
+    assert damped["holds"] is True and damped["n"] == damped["agree"] > 0 and "adds energy" not in damped["evidence"]
+
+
+def test_weight_damping_finding_when_the_tail_grows():
+    records = make_records()
+    for rec in records:
+        if rec["spectral"].get("damping"):
+            rec["spectral"]["damping"]["ratio"] = [1.0 + 0.01 * i for i in range(20)]
+    found = {f["key"]: f for f in findings(records)}["weight_damping"]
+    assert found["holds"] is False and found["agree"] == 0 and "adds energy" in found["evidence"]
 
 
 def test_findings_that_do_not_hold_or_are_not_measured():
