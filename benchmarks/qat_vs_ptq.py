@@ -3,6 +3,7 @@ regularizer (λ > 0) vs its ablation (λ = 0): acc1, ECE, MCM AUROC vs wds/image
 of the quantized image features against the original FP features (banded, with Spearman ρ over ranks).
 
 Usage: python benchmarks/qat_vs_ptq.py [--data-root ../shared/data] [--train-pairs 12800] [--lam 1.0] [--k 16]
+                                      [--fit-arg=--model.freeze_bn --fit-arg=false ...]
 Each fit runs `qclip fit --config configs/qat_demo.yaml` with overrides; wall time per fit is printed.
 """
 
@@ -47,6 +48,8 @@ def main() -> None:
     ap.add_argument("--k", type=float, default=16)
     ap.add_argument("--limit", type=int, default=None, help="test images (default: all 10k)")
     ap.add_argument("--out", default="runs/qat_vs_ptq")
+    ap.add_argument("--fit-arg", action="append", default=[], metavar="ARG",
+                    help="extra `qclip fit` argument, repeatable (e.g. --fit-arg=--model.freeze_bn --fit-arg=false)")
     args = ap.parse_args()
     root = str(Path(args.data_root).resolve())
     os.environ.setdefault("QCLIP_DATA_ROOT", root)
@@ -58,7 +61,7 @@ def main() -> None:
         t0 = time.perf_counter()
         rc = qclip(["fit", "--config", str(REPO / "configs" / "qat_demo.yaml"), "--trainer.default_root_dir",
                     str(run_dir), "--data.train_limit", str(args.train_pairs), "--model.spectral_lambda", str(lam),
-                    "--model.spectral_k", str(args.k), "--trainer.enable_progress_bar", "false"])
+                    "--model.spectral_k", str(args.k), "--trainer.enable_progress_bar", "false", *args.fit_arg])
         if rc != 0:
             raise SystemExit(f"fit failed with status {rc}")
         runs[f"QAT w4a8-lsq contr+MSE, λ={lam:g}"] = (str(run_dir / "checkpoints" / "last.ckpt"), time.perf_counter() - t0)

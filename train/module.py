@@ -5,8 +5,9 @@ frozen full-precision teacher ("Contr.+MSE"), plus `spectral_lambda` × the shar
 centred batch image features (`spectral_on="features"`) and/or of the in-scope weights' singular spectra
 (`"weights"`, a refreshed low-rank estimate). `spectral_lambda=0` is the ablation switch; the penalty is logged
 either way. Weights and quantizer step sizes get separate AdamW learning rates (paper: 1e-5 / 1e-4) with a
-linear warm-up and cosine decay. `freeze_bn` (default on) keeps BatchNorm layers on their pretrained running
-statistics during QAT.
+linear warm-up and cosine decay. `freeze_bn` keeps BatchNorm layers on their pretrained running statistics
+during QAT (off by default: on the demo's ResNet tower, re-estimating them from quantized batches gave ~1 point
+more acc1).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class QATCLIPModule(L.LightningModule):
                  contrastive_weight: float = 1.0, lr: float = 1e-5, scale_lr: float = 1e-4,
                  weight_decay: float = 0.1, warmup_steps: int = 0, spectral_lambda: float = 0.0,
                  spectral_k: float = 0.25, spectral_on: Literal["features", "weights", "both"] = "features",
-                 spectral_refresh: int = 10, freeze_bn: bool = True):
+                 spectral_refresh: int = 10, freeze_bn: bool = False):
         super().__init__()
         if spectral_on not in ("features", "weights", "both"):
             raise ValueError(f"spectral_on must be 'features', 'weights' or 'both', got {spectral_on!r}")
@@ -96,7 +97,7 @@ class QATCLIPModule(L.LightningModule):
     def train(self, mode: bool = True):
         """Switch modes; the frozen teacher always stays in eval mode (its BatchNorm statistics never move), and
         with `freeze_bn` so do the student's BatchNorm layers: they normalise with the pretrained running
-        statistics, as at test time, instead of re-estimating them from quantized batches (standard QAT practice)."""
+        statistics, as at test time, instead of re-estimating them from quantized batches."""
         super().train(mode)
         if self.teacher is not None:
             self.teacher.eval()
