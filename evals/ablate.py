@@ -289,8 +289,11 @@ def _finite(obj):
 
 def run_grid(cfg: GridConfig, out: str | os.PathLike, *, shard: tuple[int, int] = (1, 1),
              data_root: str | None = None, device: str = "cpu", batch_size: int | None = None, num_workers: int = 2,
-             progress: bool = True, use_cache: bool = True, wandb_run=None, report: bool = True) -> dict:
-    """Evaluate this shard's cells not yet stored under `out`; merge and write the report once all are stored."""
+             progress: bool = True, use_cache: bool = True, wandb_run=None, report: bool = True,
+             image_cache_mb: float = 2048.0) -> dict:
+    """Evaluate this shard's cells not yet stored under `out`; merge and write the report once all are stored.
+
+    Decoded images are kept in memory across the cells of a (model, seed) up to `image_cache_mb` (0: off)."""
     from tqdm.auto import tqdm
 
     index, count = shard
@@ -304,7 +307,7 @@ def run_grid(cfg: GridConfig, out: str | os.PathLike, *, shard: tuple[int, int] 
     fps: dict[tuple, LoadedModel] = {}
     groups: dict[tuple, _Group] = {}
     suite_kw = dict(data_root=data_root, device=device, batch_size=batch_size or cfg.batch_size,
-                    num_workers=num_workers, progress=False, use_cache=use_cache)
+                    num_workers=num_workers, progress=False, use_cache=use_cache, image_cache_mb=image_cache_mb)
     bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc=f"ablate {cfg.name}", unit="cell",
                disable=not progress, dynamic_ncols=True)
     try:

@@ -15,7 +15,7 @@ from .data import DatasetSpec, make_loader
 from .paths import atomic_write_bytes, cache_dir
 from .zeroshot import extract_image_features
 
-__all__ = ["split_normalize", "dataset_features"]
+__all__ = ["split_normalize", "dataset_features", "DecodedImages"]
 
 
 def split_normalize(preprocess: Callable) -> tuple[Callable, Normalize | None]:
@@ -33,13 +33,56 @@ def _normalizer(norm: Normalize | None, device) -> Callable[[torch.Tensor], torc
     return lambda x: (x - mean) / std
 
 
+class DecodedImages:
+    """Decoded, un-normalised image batches of (dataset, split, limit, transform), kept in memory for reuse.
+
+    A grid evaluates many model variants on the same images (and corrupts the same ID images several ways):
+    decoding them once saves the JPEG decode and worker start-up of every later pass. Batches are stored as
+    uint8 when that is exact (a `ToTensor` output is k/255), so 2000 CIFAR images take 6 MB; a dataset whose
+    batches would pass `max_mb` is streamed each time instead.
+    """
+
+    def __init__(self, max_mb: float = 2048.0):
+        self.max_bytes = max_mb * 2 ** 20
+        self.used = 0
+        self._store: dict[tuple, list[tuple[torch.Tensor, torch.Tensor]] | None] = {}
+
+    def batches(self, spec: DatasetSpec, transform: Callable, *, limit: int | None, batch_size: int,
+                num_workers: int) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """The cached batches of float images in [0, 1] (decoded now if needed); None when over the budget."""
+        key = (spec.name, spec.split, spec.shards, limit, batch_size, repr(transform))
+        if key not in self._store:
+            self._store[key] = self._decode(spec, transform, limit, batch_size, num_workers)
+        stored = self._store[key]
+        if stored is None:
+            return None
+        return [(x.float().div(255) if x.dtype == torch.uint8 else x, y) for x, y in stored]
+
+    def _decode(self, spec, transform, limit, batch_size, num_workers):
+        out, used = [], 0
+        for images, labels in make_loader(spec, transform, batch_size=batch_size, num_workers=num_workers,
+                                          limit=limit):
+            packed = (images * 255).round().to(torch.uint8)
+            if torch.equal(packed.float().div(255), images):
+                images = packed
+            used += images.numel() * images.element_size()
+            if self.used + used > self.max_bytes:
+                return None
+            out.append((images, labels))
+        self.used += used
+        return out
+
+
 @torch.no_grad()
 def dataset_features(model: nn.Module, preprocess: Callable, spec: DatasetSpec, *, model_key: str,
                      corruption: tuple[str, int] | None = None, limit: int | None = None, batch_size: int = 256,
                      num_workers: int = 2, device: str | torch.device = "cpu", progress: bool = True,
-                     use_cache: bool = True, seed: int = 0, autocast: bool = False
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float32 image features and labels of `spec` (optionally corrupted), cached by model/data/corruption key."""
+                     use_cache: bool = True, seed: int = 0, autocast: bool = False,
+                     decoded: DecodedImages | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float32 image features and labels of `spec` (optionally corrupted), cached by model/data/corruption key.
+
+    With `decoded`, the images come from (and are added to) that in-memory cache of decoded batches; the
+    features are the same as from a fresh loader."""
     key = hashlib.sha256(json.dumps({"model": model_key, "dataset": spec.name, "split": spec.split,
                                      "shards": list(spec.shards), "limit": limit, "corruption": corruption,
                                      "seed": seed, "autocast": autocast, "order": "stream",  # loader order v2
@@ -53,18 +96,24 @@ def dataset_features(model: nn.Module, preprocess: Callable, spec: DatasetSpec, 
             path.unlink(missing_ok=True)
     batch_transform = None
     transform = preprocess
+    raw, norm = split_normalize(preprocess)
+    loader = None
+    if decoded is not None:
+        loader = decoded.batches(spec, raw, limit=limit, batch_size=batch_size, num_workers=num_workers)
+    if corruption is not None or loader is not None:
+        transform, normalize = raw, _normalizer(norm, device)
+        batch_transform = normalize
     if corruption is not None:
         from .corruptions import corrupt
 
-        transform, norm = split_normalize(preprocess)
-        normalize = _normalizer(norm, device)
         generator = torch.Generator(device="cpu").manual_seed(seed)
         name, severity = corruption
 
         def batch_transform(x: torch.Tensor) -> torch.Tensor:
             return normalize(corrupt(x, name, severity, generator=generator))
 
-    loader = make_loader(spec, transform, batch_size=batch_size, num_workers=num_workers, limit=limit)
+    if loader is None:
+        loader = make_loader(spec, transform, batch_size=batch_size, num_workers=num_workers, limit=limit)
     desc = spec.name + (f" {corruption[0]}:{corruption[1]}" if corruption else "")
     feats, labels = extract_image_features(model, loader, device=device, total=limit, progress=progress, desc=desc,
                                            batch_transform=batch_transform, autocast=autocast)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from .calib_data import quantize_loaded
 from .data import DatasetSpec, resolve_dataset
 from .errors import DataError
-from .features import dataset_features
+from .features import DecodedImages, dataset_features
 from .metrics import (SCORE_INPUTS, SCORES, adaptive_ece, auroc, bootstrap_ci, bootstrap_ci_two_sample, brier,
                       delta_rsg, ece, mce, nll, ood_metrics, relative_changes, reliability_bins, rsg, vuln_add)
 from .models import LoadedModel, load_model
@@ -92,10 +92,12 @@ class ReliabilitySuite:
     """Evaluates a model (and its quantized variant) on an ID set and the configured OOD/shift/corruption sets."""
 
     def __init__(self, cfg: SuiteConfig, *, data_root: str | None = None, device: str = "cpu", batch_size: int = 256,
-                 num_workers: int = 2, progress: bool = True, use_cache: bool = True):
+                 num_workers: int = 2, progress: bool = True, use_cache: bool = True, image_cache_mb: float = 0.0):
         self.cfg, self.data_root, self.device = cfg, data_root, device
         self.batch_size, self.num_workers, self.progress, self.use_cache = batch_size, num_workers, progress, use_cache
         self._memo: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        # decoded images kept across model variants (a grid's cells); off for a single evaluation
+        self._decoded = DecodedImages(image_cache_mb) if image_cache_mb > 0 else None
         self.id_spec = resolve_dataset(cfg.dataset, data_root, cfg.split)
         self.ood_specs = {name: resolve_dataset(name, data_root, "test") for name in cfg.ood}
         self.shift_specs = {name: resolve_dataset(name, data_root, "test") for name in cfg.shift}
@@ -125,7 +127,8 @@ class ReliabilitySuite:
             self._memo[memo_key] = dataset_features(
                 loaded.model, loaded.preprocess, spec, model_key=key, corruption=corruption, limit=limit,
                 batch_size=self.batch_size, num_workers=self.num_workers, device=self.device, progress=self.progress,
-                use_cache=self.use_cache, seed=self.cfg.seed, autocast=self.cfg.precision.startswith("amp"))
+                use_cache=self.use_cache, seed=self.cfg.seed, autocast=self.cfg.precision.startswith("amp"),
+                decoded=self._decoded)
         return self._memo[memo_key]
 
     def id_features(self, loaded: LoadedModel, key: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -278,3 +278,34 @@ def test_grid_data_root_is_relative_to_the_config_and_yields_to_flags_and_env(tm
     monkeypatch.delenv("QCLIP_DATA_ROOT")
     path.write_text("data_root: ../missing\n")
     assert grid_data_root(load_grid(path), None) is None  # a missing folder falls back to the public location
+
+
+@pytest.mark.parametrize("corruption", [None, ("gaussian_noise", 3)])
+def test_decoded_image_cache_gives_the_same_features(micro_model, data_root, monkeypatch, corruption):
+    import evals.features as features
+    from evals.data import resolve_dataset
+    from evals.features import DecodedImages, dataset_features
+
+    spec = resolve_dataset("wds/cifar10", str(data_root), "test")
+    kw = dict(model_key="k", corruption=corruption, limit=40, batch_size=16, num_workers=0, progress=False,
+              use_cache=False)
+    want = dataset_features(micro_model.model.eval(), micro_model.preprocess, spec, **kw)
+    decoded = DecodedImages(max_mb=64)
+    first = dataset_features(micro_model.model, micro_model.preprocess, spec, decoded=decoded, **kw)
+    calls = []
+    monkeypatch.setattr(features, "make_loader", lambda *a, **k: calls.append(1) or [])
+    again = dataset_features(micro_model.model, micro_model.preprocess, spec, decoded=decoded, **kw)
+    assert not calls  # served from memory
+    for got in (first, again):
+        assert torch.equal(got[1], want[1]) and torch.allclose(got[0], want[0], atol=1e-6, rtol=0)
+    assert 0 < decoded.used <= 40 * 3 * 32 * 32  # stored as uint8
+
+
+def test_decoded_image_cache_respects_its_budget(micro_model, data_root):
+    from evals.data import resolve_dataset
+    from evals.features import DecodedImages, split_normalize
+
+    spec = resolve_dataset("wds/cifar10", str(data_root), "test")
+    raw = split_normalize(micro_model.preprocess)[0]
+    tiny = DecodedImages(max_mb=0.01)  # 10 kB: not even one batch of 16 images
+    assert tiny.batches(spec, raw, limit=40, batch_size=16, num_workers=0) is None and tiny.used == 0
