@@ -104,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--batch-size", type=_positive_int, default=None, help="override the grid's batch size")
     ab.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     ab.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    ab.add_argument("--image-cache-mb", type=float, default=2048.0, help="memory for decoded images reused across "
+                    "cells (stored as uint8; a dataset that does not fit is decoded again per cell; 0: off)")
 
     pd = sub.add_parser("pretrain-demo", help="pretrain the demo CLIP on CIFAR-10 (cached for --model demo)")
     pd.add_argument("--epochs", type=_positive_int, default=None, help="training epochs (default 3)")
@@ -267,7 +269,7 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     try:
         summary = run_grid(cfg, args.out, shard=shard, data_root=data_root, device=_device(args.device),
                            batch_size=args.batch_size, num_workers=args.workers, progress=not args.no_progress,
-                           use_cache=not args.no_cache, wandb_run=run)
+                           use_cache=not args.no_cache, wandb_run=run, image_cache_mb=args.image_cache_mb)
     finally:
         if run is not None:
             run.finish()
