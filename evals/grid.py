@@ -110,8 +110,10 @@ class GridConfig:
             if parse_spec(text).kind != "rank":
                 raise QclipInputError(f"grid: truncation entry {text!r} is not a rank spec (rank-e0.9, rank-f0.5, ...)")
         for text in self.match_truncation:
-            if parse_spec(text).kind != "quant":
-                raise QclipInputError(f"grid: match_truncation entry {text!r} is not a quantization spec")
+            spec = parse_spec(text)
+            if spec.kind != "quant" or spec.method == "smoothquant":
+                raise QclipInputError(f"grid: match_truncation entry {text!r} must be a quantization spec without "
+                                      "SmoothQuant (its weights are rescaled, so their error is not comparable)")
         if self.spurious is not None and len(self.spurious) != 2:
             raise QclipInputError("grid: 'spurious' is a pair [common, counter]")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -108,6 +109,8 @@ def test_bad_shard_is_input_error(text):
     ("bits: [w9a8]", "w_bits"),
     ("scopes: [audio]", "unknown scope"),
     ("truncation: [w4a8]", "not a rank spec"),
+    ("match_truncation: [w4a8-smoothquant]", "without SmoothQuant"),
+    ("qat: [{name: x, checkpoint: a.ckpt}]", "needs the 'spec'"),
     ("corruptions: [fog_of_war:3]", "fog_of_war"),
     ("colour: blue", "unknown keys"),
     ("spurious: [wds/a]", "pair"),
@@ -309,3 +312,26 @@ def test_decoded_image_cache_respects_its_budget(micro_model, data_root):
     raw = split_normalize(micro_model.preprocess)[0]
     tiny = DecodedImages(max_mb=0.01)  # 10 kB: not even one batch of 16 images
     assert tiny.batches(spec, raw, limit=40, batch_size=16, num_workers=0) is None and tiny.used == 0
+
+
+def test_qat_checkpoint_cell(micro_dir, data_root, tmp_path, monkeypatch):
+    """A `qclip fit` checkpoint as a grid row: its trained weights and step sizes, δ against the base FP model."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.chdir(tmp_path)
+    fit = tmp_path / "fit"
+    qat_config = Path(__file__).resolve().parents[1] / "configs" / "qat_demo.yaml"  # w4a8-lsq, Contr.+MSE
+    assert main(["fit", "--config", str(qat_config), "--model.model", f"local-dir:{micro_dir}",
+                 "--data.data_root", str(data_root), "--data.train_limit", "32", "--data.batch_size", "16", "--data.val_limit", "16",
+                 "--data.calib_pairs", "16", "--data.num_workers", "0", "--trainer.max_epochs", "1",
+                 "--trainer.default_root_dir", str(fit), "--trainer.enable_progress_bar", "false"]) == 0
+    ckpt = fit / "checkpoints" / "last.ckpt"
+    config = _grid_yaml(tmp_path / "g.yaml", micro_dir, limit=32, ood_limit=16)
+    text = open(config).read().replace("bits: [w8a8, w4a8]", "bits: []").replace("match_truncation: [w4a8]", "")
+    text = text.replace("truncation: [rank-f0.5]", f"qat: [{{name: tuned, spec: w4a8-lsq, checkpoint: '{ckpt}'}}]")
+    open(config, "w").write(text)
+    out = tmp_path / "out"
+    assert main(["ablate", "--config", config, "--out", str(out), "--data-root", str(data_root), "--no-progress"]) == 0
+    fp, qat = _stored(out)
+    assert qat["cell"]["variant"] == "qat:tuned" and qat["cell"]["bits"] == "w4a8" and qat["cell"]["method"] == "lsq"
+    assert qat["quant_report"]["spec"] == "w4a8-lsq" and qat["spectral"]["weight_rel_error"] > 0
+    assert qat["delta"]["acc1"] == pytest.approx((fp["metrics"]["acc1"] - qat["metrics"]["acc1"]) / fp["metrics"]["acc1"])
