@@ -323,7 +323,8 @@ def test_qat_checkpoint_cell(micro_dir, data_root, tmp_path, monkeypatch):
     assert main(["fit", "--config", str(qat_config), "--model.model", f"local-dir:{micro_dir}",
                  "--data.data_root", str(data_root), "--data.train_limit", "32", "--data.batch_size", "16", "--data.val_limit", "16",
                  "--data.calib_pairs", "16", "--data.num_workers", "0", "--trainer.max_epochs", "1",
-                 "--trainer.default_root_dir", str(fit), "--trainer.enable_progress_bar", "false"]) == 0
+                 "--trainer.default_root_dir", str(fit), "--trainer.enable_progress_bar", "false",
+                 "--trainer.logger", "false"]) == 0  # no wandb run here (test_fit checks the logger)
     ckpt = fit / "checkpoints" / "last.ckpt"
     config = _grid_yaml(tmp_path / "g.yaml", micro_dir, limit=32, ood_limit=16)
     text = open(config).read().replace("bits: [w8a8, w4a8]", "bits: []").replace("match_truncation: [w4a8]", "")
