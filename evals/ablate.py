@@ -1,8 +1,8 @@
 """`qclip ablate`: run an ablation grid through the one-pass reliability suite, resumably and in shards.
 
 Each cell (see `evals.grid`) is built from the model's full-precision reference, evaluated on every dataset of the
-grid by one `ReliabilitySuite` per (model, seed) — so the FP features, text classifiers and decoded calibration
-data are computed once and reused — and analysed spectrally against the FP model: relative weight error and
+grid by one `ReliabilitySuite` per (model, seed) — so the FP features and metrics, text classifiers and decoded
+images are computed once and reused — and analysed spectrally against the FP model: relative weight error and
 singular-value damping of the changed linear maps, per-rank SQNR of the ID features in the FP feature basis,
 rank-band accuracy in the variant's own basis. One record per cell is appended to `DIR/store/shard-I-of-N.jsonl`
 as soon as the cell is done, so a killed run loses at most the cell in flight and a rerun skips what is stored.
@@ -12,7 +12,6 @@ When every cell of the grid is stored, the shards are merged into `DIR/results.j
 from __future__ import annotations
 
 import copy
-import logging
 import math
 import os
 import time
@@ -28,10 +27,8 @@ from .store import ResultsStore, config_hash
 from .suite import ReliabilitySuite, SuiteConfig, numeric_metrics, spurious_changes
 from .zeroshot import model_fingerprint
 
-__all__ = ["run_grid", "cell_hash", "load_records", "merge_results", "matched_truncation", "weight_summary",
-           "feature_summary", "SCHEMA"]
-
-log = logging.getLogger(__name__)
+__all__ = ["run_grid", "cell_hash", "load_records", "merge_results", "write_grid_report", "matched_truncation",
+           "weight_summary", "feature_summary", "SCHEMA"]
 
 SCHEMA = 1  # bump when a record's meaning changes: old records then no longer count as done
 DAMPING_BINS = 20
@@ -72,6 +69,13 @@ def merge_results(cfg: GridConfig, out: str | os.PathLike) -> tuple[list[dict], 
     text = "".join(json.dumps(r, sort_keys=True, allow_nan=False) + "\n" for r in records)
     atomic_write_text(Path(out) / "results.jsonl", text)
     return records, missing
+
+
+def write_grid_report(cfg: GridConfig, records: list[dict], out: str | os.PathLike) -> dict:
+    """The report of a complete grid (see `evals.report.write_report`)."""
+    from .report import write_report
+
+    return write_report(records, out, title=f"qclip ablation: {cfg.name}", grid=asdict(cfg))
 
 
 # ------------------------------------------------------------------------------------------------- variants
@@ -333,9 +337,7 @@ def run_grid(cfg: GridConfig, out: str | os.PathLike, *, shard: tuple[int, int] 
     records, missing = merge_results(cfg, out)
     summary["missing"] = [c.id for c in missing]
     if not missing and report:
-        from .report import write_report
-
-        summary["report"] = write_report(records, out, title=f"qclip ablation: {cfg.name}", grid=asdict(cfg))
+        summary["report"] = write_grid_report(cfg, records, out)
     return summary
 
 

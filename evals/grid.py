@@ -189,6 +189,11 @@ def load_grid(path: str | os.PathLike, **overrides) -> GridConfig:
         raise QclipInputError(f"grid config {path}: {exc}") from None
 
 
+def _bits(spec) -> str:
+    """`w4a8` / `w4` of a quantization spec."""
+    return f"w{spec.w_bits}" + (f"a{spec.a_bits}" if spec.a_bits else "")
+
+
 def expand_cells(cfg: GridConfig) -> list[Cell]:
     """Every cell in a fixed order: per model and seed, FP, PTQ specs, matched truncations, truncations, QAT."""
     from quant.spec import parse_spec
@@ -200,8 +205,7 @@ def expand_cells(cfg: GridConfig) -> list[Cell]:
             cells.append(Cell(name, pretrained, "fp", "fp", seed))
             for text in cfg.quant_specs():
                 spec = parse_spec(text)
-                bits = f"w{spec.w_bits}" + (f"a{spec.a_bits}" if spec.a_bits else "")
-                cells.append(Cell(name, pretrained, str(spec), "quant", seed, spec.method, bits, spec.scope))
+                cells.append(Cell(name, pretrained, str(spec), "quant", seed, spec.method, _bits(spec), spec.scope))
             for text in cfg.match_truncation:
                 spec = parse_spec(text)
                 cells.append(Cell(name, pretrained, f"rank-match:{spec}", "rank-match", seed, None, None, spec.scope))
@@ -210,8 +214,7 @@ def expand_cells(cfg: GridConfig) -> list[Cell]:
                 cells.append(Cell(name, pretrained, str(spec), "rank", seed, None, None, spec.scope))
             for q in cfg.qat:
                 spec = parse_spec(q.spec)
-                bits = f"w{spec.w_bits}" + (f"a{spec.a_bits}" if spec.a_bits else "")
-                cells.append(Cell(name, pretrained, f"qat:{q.name}", "qat", seed, spec.method, bits, spec.scope,
+                cells.append(Cell(name, pretrained, f"qat:{q.name}", "qat", seed, spec.method, _bits(spec), spec.scope,
                                   q.checkpoint))
     return cells
 

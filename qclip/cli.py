@@ -237,7 +237,7 @@ def _cmd_spectrum(args: argparse.Namespace) -> int:
 def _cmd_ablate(args: argparse.Namespace) -> int:
     import os
 
-    from evals.ablate import merge_results, run_grid
+    from evals.ablate import merge_results, run_grid, write_grid_report
     from evals.errors import QclipInputError
     from evals.grid import grid_data_root, load_grid, parse_shard
 
@@ -245,15 +245,11 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     shard = parse_shard(args.shard)
     data_root = grid_data_root(cfg, args.data_root)
     if args.merge:
-        from dataclasses import asdict
-
-        from evals.report import write_report
-
         records, missing = merge_results(cfg, args.out)
         if missing:
             raise QclipInputError(f"{len(missing)} of {len(records) + len(missing)} cells are not stored yet "
                                   f"(first: {missing[0].id}); run the remaining shards first")
-        summary = write_report(records, args.out, title=f"qclip ablation: {cfg.name}", grid=asdict(cfg))
+        summary = write_grid_report(cfg, records, args.out)
         print(f"merged {len(records)} cells -> {summary['report']}")
         return EXIT_OK
     if any(m["name"] == "demo" for m in cfg.models):
