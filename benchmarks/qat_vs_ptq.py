@@ -2,8 +2,13 @@
 regularizer (λ > 0) vs its ablation (λ = 0): acc1, ECE, MCM AUROC vs wds/imagenet_cifar10_ood and per-rank SQNR
 of the quantized image features against the original FP features (banded, with Spearman ρ over ranks).
 
+Every row also gives its difference to RTN with a paired bootstrap 95% interval (same test images resampled for
+both models) and the ECE noise floor: the ECE a perfectly calibrated model with the row's confidences shows on
+this many images (mean ± sd). An ECE inside floor + 2 sd, or a ΔECE interval spanning 0, does not tell the
+models apart at this test size. `--seeds 0 1 2` repeats the fits with other data orders and caption templates.
+
 Usage: python benchmarks/qat_vs_ptq.py [--data-root ../shared/data] [--train-pairs 12800] [--lam 1.0] [--k 16]
-                                      [--fit-arg=--model.freeze_bn --fit-arg=false ...]
+                                      [--seeds 0 1 2] [--fit-arg=--model.freeze_bn --fit-arg=false ...]
 Each fit runs `qclip fit --config configs/qat_demo.yaml` with overrides; wall time per fit is printed.
 """
 
@@ -15,10 +20,12 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from scipy.stats import spearmanr
 
-from evals.features import dataset_features
+from evals.metrics import bootstrap_ci, ece, ece_floor
 from evals.suite import ReliabilitySuite, SuiteConfig
-from evals.zeroshot import model_fingerprint
+from evals.zeroshot import topk_accuracy, zero_shot_classifier
 from qclip.cli import main as qclip
 from spectral.features import band_sqnr, feature_basis, per_rank_sqnr
 from train.demo import ensure_demo_model
@@ -28,16 +35,42 @@ OOD = "wds/imagenet_cifar10_ood"
 
 
 def evaluate(model: str, quant: str | None, root: str, limit: int | None):
-    """Metrics and test features of one (model, quant) variant."""
+    """Metrics, test image features, calibration-convention probabilities and labels of one (model, quant)."""
     cfg = SuiteConfig(model=model, dataset="wds/cifar10", quant=quant, ood=[OOD], bootstrap=0, limit=limit)
     suite = ReliabilitySuite(cfg, data_root=root, progress=False)
     loaded = suite.load()
     if quant:
         loaded, _ = suite.quantized(loaded)
     m = suite.evaluate(loaded)
-    feats, _ = dataset_features(loaded.model, loaded.preprocess, suite.id_spec, model_key=model_fingerprint(loaded.model),
-                                limit=limit, progress=False)
-    return m, feats
+    feats, labels = suite.id_features(loaded)
+    clf = zero_shot_classifier(loaded.model, loaded.tokenizer, suite.id_spec.classnames,
+                               suite.id_spec.templates).float().cpu()
+    probs = (m["logit_scale"] * F.normalize(feats.float(), dim=-1) @ clf).double().softmax(-1)
+    return m, feats, probs, labels
+
+
+def paired_delta(metric, probs, ref_probs, labels) -> str:
+    """metric(model) − metric(RTN) with its paired bootstrap 95% interval."""
+    diff = lambda p, r, y: metric(p, y) - metric(r, y)  # noqa: E731
+    lo, hi = bootstrap_ci(diff, probs, ref_probs, labels, n_boot=1000)
+    return f"{diff(probs, ref_probs, labels):+.4f} [{lo:+.4f}, {hi:+.4f}]"
+
+
+def acc1(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy of probabilities."""
+    return topk_accuracy(probs, labels, (1,))[1]
+
+
+def fit(run_dir: Path, args, lam: float, seed: int) -> float:
+    """One `qclip fit` of the demo config; returns its wall time."""
+    t0 = time.perf_counter()
+    rc = qclip(["fit", "--config", str(REPO / "configs" / "qat_demo.yaml"), "--trainer.default_root_dir", str(run_dir),
+                "--data.train_limit", str(args.train_pairs), "--model.spectral_lambda", str(lam),
+                "--model.spectral_k", str(args.k), "--seed_everything", str(seed), "--data.seed", str(seed),
+                "--trainer.enable_progress_bar", "false", *args.fit_arg])
+    if rc != 0:
+        raise SystemExit(f"fit failed with status {rc}")
+    return time.perf_counter() - t0
 
 
 def main() -> None:
@@ -46,6 +79,7 @@ def main() -> None:
     ap.add_argument("--train-pairs", type=int, default=12800)
     ap.add_argument("--lam", type=float, default=1.0)
     ap.add_argument("--k", type=float, default=16)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="fit seeds (data order, caption templates)")
     ap.add_argument("--limit", type=int, default=None, help="test images (default: all 10k)")
     ap.add_argument("--out", default="runs/qat_vs_ptq")
     ap.add_argument("--fit-arg", action="append", default=[], metavar="ARG",
@@ -56,27 +90,25 @@ def main() -> None:
     os.environ.setdefault("WANDB_MODE", "offline")
     ensure_demo_model(data_root=root)
     runs = {}
-    for lam in (0.0, args.lam):
-        run_dir = Path(args.out) / f"lam{lam:g}"
-        t0 = time.perf_counter()
-        rc = qclip(["fit", "--config", str(REPO / "configs" / "qat_demo.yaml"), "--trainer.default_root_dir",
-                    str(run_dir), "--data.train_limit", str(args.train_pairs), "--model.spectral_lambda", str(lam),
-                    "--model.spectral_k", str(args.k), "--trainer.enable_progress_bar", "false", *args.fit_arg])
-        if rc != 0:
-            raise SystemExit(f"fit failed with status {rc}")
-        runs[f"QAT w4a8-lsq contr+MSE, λ={lam:g}"] = (str(run_dir / "checkpoints" / "last.ckpt"), time.perf_counter() - t0)
-    fp_m, fp_f = evaluate("demo", None, root, args.limit)
+    for seed in args.seeds:
+        for lam in (0.0, args.lam):
+            run_dir = Path(args.out) / f"seed{seed}-lam{lam:g}"
+            secs = fit(run_dir, args, lam, seed)
+            runs[f"QAT w4a8-lsq contr+MSE, λ={lam:g}, seed {seed}"] = (str(run_dir / "checkpoints" / "last.ckpt"), secs)
+    fp_m, fp_f, fp_p, labels = evaluate("demo", None, root, args.limit)
+    rtn = evaluate("demo", "w4a8", root, args.limit)
     basis = feature_basis(fp_f)
-    rows = [("FP demo", fp_m, None, None)]
-    variants = [("PTQ w4a8 RTN", "demo", "w4a8", None)] + [(name, ckpt, "w4a8-lsq", secs) for name, (ckpt, secs) in runs.items()]
-    for name, model, quant, secs in variants:
-        m, f = evaluate(model, quant, root, args.limit)
-        rows.append((name, m, per_rank_sqnr(fp_f, f, basis), secs))
-    from scipy.stats import spearmanr
+    rows = [("FP demo", fp_m, fp_p, None, None),
+            ("PTQ w4a8 RTN", rtn[0], rtn[2], per_rank_sqnr(fp_f, rtn[1], basis), None)]
+    for name, (ckpt, secs) in runs.items():
+        m, f, p, _ = evaluate(ckpt, "w4a8-lsq", root, args.limit)
+        rows.append((name, m, p, per_rank_sqnr(fp_f, f, basis), secs))
+    rtn_p = rtn[2]
 
-    print("| model | acc1 | ECE | MCM AUROC | SQNR 0-8 / 8-64 / 64+ (dB) | Spearman ρ(SQNR, rank) | fit time |")
-    print("|---|---|---|---|---|---|---|")
-    for name, m, sq, secs in rows:
+    print("| model | acc1 | Δacc1 vs RTN [95% CI] | ECE | ECE floor (calibrated) | ΔECE vs RTN [95% CI] | MCM AUROC "
+          "| SQNR 0-8 / 8-64 / 64+ (dB) | Spearman ρ(SQNR, rank) | fit time |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, m, p, sq, secs in rows:
         auroc = m["ood"][OOD]["mcm"]["auroc"]
         if sq is None:
             bands, rho = "-", "-"
@@ -84,8 +116,13 @@ def main() -> None:
             b = band_sqnr(sq["signal"], sq["error"])
             bands = " / ".join(f"{v:.1f}" for v in b.values())
             rho = f"{spearmanr(torch.arange(sq['sqnr_db'].numel()).numpy(), sq['sqnr_db'].numpy()).statistic:.2f}"
-        fit = "-" if secs is None else f"{secs:.0f} s"
-        print(f"| {name} | {m['acc1']:.4f} | {m['ece']:.4f} | {auroc:.4f} | {bands} | {rho} | {fit} |", flush=True)
+        floor, floor_sd = ece_floor(p)
+        same = name.startswith("PTQ w4a8 RTN")
+        d_acc = "-" if same else paired_delta(acc1, p, rtn_p, labels)
+        d_ece = "-" if same else paired_delta(ece, p, rtn_p, labels)
+        fit_time = "-" if secs is None else f"{secs:.0f} s"
+        print(f"| {name} | {m['acc1']:.4f} | {d_acc} | {m['ece']:.4f} | {floor:.4f} ± {floor_sd:.4f} | {d_ece} "
+              f"| {auroc:.4f} | {bands} | {rho} | {fit_time} |", flush=True)
 
 
 if __name__ == "__main__":

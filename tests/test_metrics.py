@@ -13,8 +13,8 @@ from sklearn.metrics import average_precision_score, log_loss, roc_auc_score
 from torchmetrics.classification import MulticlassCalibrationError
 
 from evals.metrics import (SCORE_INPUTS, SCORES, adaptive_ece, aupr, auroc, bootstrap_ci, bootstrap_ci_two_sample,
-                           brier, delta_rsg, ece, energy_score, fpr_at_95_tpr, max_logit_score, mce, mcm_score,
-                           msp_score, neg_entropy_score, nll, ood_metrics, plot_reliability, relative_change,
+                           brier, delta_rsg, ece, ece_floor, energy_score, fpr_at_95_tpr, max_logit_score, mce,
+                           mcm_score, msp_score, neg_entropy_score, nll, ood_metrics, plot_reliability, relative_change,
                            relative_changes, reliability_bins, rsg, softmax_probs, vuln_add)
 
 
@@ -95,6 +95,37 @@ def test_confidence_one_lands_in_last_bin():
     assert bins["count"] == [0] * 14 + [2]
     assert bins["accuracy"][-1] == pytest.approx(0.5) and bins["confidence"][-1] == pytest.approx(0.975)
     assert bins["accuracy"][0] is None and bins["confidence"][0] is None
+
+
+def _two_level_probs(groups: list[tuple[float, int]], c: int = 10) -> torch.Tensor:
+    """Rows whose top-label confidence is p (n rows per (p, n) group), the rest spread over c − 1 classes."""
+    rows = [torch.tensor([p] + [(1 - p) / (c - 1)] * (c - 1), dtype=torch.float64).expand(n, c) for p, n in groups]
+    return torch.cat(rows)
+
+
+@pytest.mark.parametrize("groups", [[(0.7, 200)], [(0.7, 300), (0.95, 100)], [(0.35, 50), (0.8, 400)]])
+def test_ece_floor_matches_binomial_expectation(groups):
+    # every group has one confidence p in one bin, so a calibrated model's ECE is Σ_g E|K_g − n_g p_g| / N with
+    # K_g ~ Binomial(n_g, p_g): exact from scipy's pmf
+    from scipy.stats import binom
+
+    total = sum(n for _, n in groups)
+    exact = sum(float((binom.pmf(k := np.arange(n + 1), n, p) * np.abs(k - n * p)).sum()) for p, n in groups) / total
+    second = sum(float((binom.pmf(k := np.arange(n + 1), n, p) * (k - n * p) ** 2).sum()) for p, n in groups)
+    mean, std = ece_floor(_two_level_probs(groups), n_draws=4000, seed=1)
+    assert mean == pytest.approx(exact, abs=5 * std / math.sqrt(4000))
+    if len(groups) == 1:  # one group: Var|K − np| / N² = (E(K − np)² − E|K − np|²) / N²
+        assert std == pytest.approx(math.sqrt(second / total ** 2 - exact ** 2), rel=0.05)
+
+
+def test_ece_floor_shrinks_with_n_and_is_seeded():
+    small = ece_floor(_two_level_probs([(0.7, 100)]), n_draws=500)
+    large = ece_floor(_two_level_probs([(0.7, 10000)]), n_draws=500)
+    assert large[0] < small[0] / 5  # ~ 1/sqrt(N): 10× fewer
+    assert ece_floor(_two_level_probs([(0.7, 100)]), n_draws=500) == small
+    assert ece_floor(_two_level_probs([(0.7, 100)]), n_draws=500, seed=1) != small
+    with pytest.raises(ValueError, match="n_draws"):
+        ece_floor(_two_level_probs([(0.7, 10)]), n_draws=1)
 
 
 def test_bins_are_right_closed():

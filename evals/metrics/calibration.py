@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 from ..paths import atomic_write_bytes
 
-__all__ = ["softmax_probs", "ece", "adaptive_ece", "mce", "nll", "brier", "reliability_bins", "plot_reliability"]
+__all__ = ["softmax_probs", "ece", "ece_floor", "adaptive_ece", "mce", "nll", "brier", "reliability_bins",
+           "plot_reliability"]
 
 _SIMPLEX_ATOL = 1e-3  # float16/bfloat16 softmax rows are off by a few 1e-4
 
@@ -69,17 +70,22 @@ def _check_bins(n_bins: int) -> None:
         raise ValueError(f"n_bins must be a positive int, got {n_bins!r}")
 
 
+def _bin_index(conf: torch.Tensor, n_bins: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Equal-width bin edges and each confidence's bin (i/n, (i+1)/n]; 0 goes to bin 0, 1 to the last bin."""
+    _check_bins(n_bins)
+    edges = torch.linspace(0.0, 1.0, n_bins + 1, dtype=torch.float64, device=conf.device)
+    # bin = number of inner edges strictly below conf; plain comparisons, because bucketize's thread pool makes
+    # bootstrap loops of small calls stall on a busy CPU
+    return edges, (conf.unsqueeze(1) > edges[1:-1]).sum(dim=1)
+
+
 def _equal_width(conf: torch.Tensor, correct: torch.Tensor,
                  n_bins: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Bin edges and per-bin count, summed correctness and summed confidence for bins (i/n, (i+1)/n].
 
     Bin 0 also takes a confidence of exactly 0; a confidence of exactly 1 lands in the last bin.
     """
-    _check_bins(n_bins)
-    edges = torch.linspace(0.0, 1.0, n_bins + 1, dtype=torch.float64, device=conf.device)
-    # bin = number of inner edges strictly below conf; plain comparisons, because bucketize's thread pool makes
-    # bootstrap loops of small calls stall on a busy CPU
-    idx = (conf.unsqueeze(1) > edges[1:-1]).sum(dim=1)
+    edges, idx = _bin_index(conf, n_bins)
     count = torch.bincount(idx, minlength=n_bins).double()
     acc_sum = torch.bincount(idx, weights=correct, minlength=n_bins)
     conf_sum = torch.bincount(idx, weights=conf, minlength=n_bins)
@@ -91,6 +97,22 @@ def ece(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
     conf, correct = _top_label(probs, labels)
     _, count, acc_sum, conf_sum = _equal_width(conf, correct, n_bins)
     return float((acc_sum - conf_sum).abs().sum() / conf.numel())
+
+
+def ece_floor(probs: torch.Tensor, n_bins: int = 15, n_draws: int = 200, seed: int = 0) -> tuple[float, float]:
+    """(mean, std) of the ECE a perfectly calibrated model with these top-label confidences shows on this many
+    samples: each draw marks row i correct with probability conf_i (seeded), so an observed ECE within a couple of
+    std of the mean is indistinguishable from perfect calibration at this N."""
+    _check_matrix(probs, "probs")
+    if not isinstance(n_draws, int) or n_draws < 2:
+        raise ValueError(f"n_draws must be an int >= 2, got {n_draws!r}")
+    conf, _ = _top_label(probs, probs.argmax(dim=1))
+    _, idx = _bin_index(conf, n_bins)
+    gen = torch.Generator().manual_seed(seed)
+    draws = (torch.rand(n_draws, conf.numel(), generator=gen, dtype=torch.float64) < conf).double() - conf
+    per_bin = torch.zeros(n_draws, n_bins, dtype=torch.float64).index_add_(1, idx, draws)
+    values = per_bin.abs().sum(dim=1) / conf.numel()
+    return float(values.mean()), float(values.std())
 
 
 def adaptive_ece(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
