@@ -21,7 +21,8 @@ from .data import DatasetSpec, resolve_dataset
 from .errors import DataError
 from .features import DecodedImages, dataset_features
 from .metrics import (SCORE_INPUTS, SCORES, adaptive_ece, auroc, bootstrap_ci, bootstrap_ci_two_sample, brier,
-                      delta_rsg, ece, mce, nll, ood_metrics, relative_changes, reliability_bins, rsg, vuln_add)
+                      delta_rsg, ece, ece_floor, mce, nll, ood_metrics, relative_changes, reliability_bins, rsg,
+                      vuln_add)
 from .models import LoadedModel, load_model
 from .store import config_hash
 from .zeroshot import model_fingerprint, topk_accuracy, zero_shot_classifier
@@ -158,6 +159,7 @@ class ReliabilitySuite:
         m["n"] = int(labels.numel())
         m["logit_scale"] = scale
         m.update(ece_after_tuning(cos, labels, cfg.seed))
+        m["ece_floor"], m["ece_floor_sd"] = ece_floor(logits.float().softmax(-1), seed=cfg.seed)
         m["reliability"] = reliability_bins(logits.softmax(-1), labels)
         boot = dict(n_boot=cfg.bootstrap, seed=cfg.seed)
         ci: dict = {}
@@ -231,4 +233,5 @@ def spurious_changes(fp_metrics: dict, metrics: dict) -> None:
 
 def numeric_metrics(metrics: dict) -> dict:
     """The metric tree without diagnostics that have no meaningful relative change."""
-    return {k: v for k, v in metrics.items() if k not in ("reliability", "ci", "n", "logit_scale", "logit_scale_ts")}
+    skip = ("reliability", "ci", "n", "logit_scale", "logit_scale_ts", "ece_floor", "ece_floor_sd")
+    return {k: v for k, v in metrics.items() if k not in skip}

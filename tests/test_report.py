@@ -206,6 +206,18 @@ def test_findings_on_constructed_records():
     assert damped["holds"] is True and damped["n"] == damped["agree"] > 0 and "adds energy" not in damped["evidence"]
 
 
+def test_calibration_finding_counts_gaps_beyond_the_noise_floor():
+    # quant ECEs 0.08 / 0.06 / 0.12 against FP 0.10; a floor sd of 0.011 resolves only w4a8's gap (0.04 > 0.022; w8a8: 0.02)
+    records = make_records()
+    found = {f["key"]: f for f in findings(records)}["calibration"]
+    assert "perfectly calibrated" not in found["evidence"]  # records without a floor: the vote alone
+    for rec in records:
+        rec["metrics"]["ece_floor"], rec["metrics"]["ece_floor_sd"] = 0.03, 0.011
+    found = {f["key"]: f for f in findings(records)}["calibration"]
+    assert found["holds"] is True and (found["n"], found["agree"]) == (3, 2)
+    assert "; 1/3 by more than 2 sd" in found["evidence"] and "(median 0.0300 ± 0.0110)" in found["evidence"]
+
+
 def test_weight_damping_finding_when_the_tail_grows():
     records = make_records()
     for rec in records:

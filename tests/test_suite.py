@@ -78,6 +78,9 @@ def test_suite_one_pass_all_metrics(micro_dir, data_root, counted):
     assert m["delta"]["acc1"] == pytest.approx((record["fp_metrics"]["acc1"] - m["acc1"]) / record["fp_metrics"]["acc1"])
     lo, hi = m["ci"]["acc1"]
     assert lo <= m["acc1"] <= hi
+    # the calibrated-ECE floor of 120 images: positive, well above the ~0.01 of 10k images, and no δ of its own
+    assert 0.02 < m["ece_floor"] < 0.3 and 0 < m["ece_floor_sd"] < m["ece_floor"]
+    assert "ece_floor" not in m["delta"] and "ece_floor_sd" not in m["delta"]
     # one pass: each (model variant, dataset, corruption) extracted exactly once
     per_variant = ["wds/cifar10", "wds/fashion_mnist", "wds/imagenet_cifar10_ood", "wds/cifar10 gaussian_noise:3",
                    "wds/pacs_photo", "wds/pacs_sketch"]  # pacs_photo serves shift and spurious from one pass
