@@ -56,6 +56,16 @@ def test_fit_checkpoints_logs_and_exports(micro_dir, tmp_path):
     assert load_model(str(root / "checkpoints" / "last.ckpt")).model is not None  # self-describing checkpoint
 
 
+def test_two_fits_in_one_process_get_their_own_wandb_runs(micro_dir, tmp_path):
+    # Lightning's WandbLogger adopts a wandb run still active in the process: each fit must finish its own
+    roots = [tmp_path / "a", tmp_path / "b"]
+    for root in roots:
+        assert main(fit_args(micro_dir, root, "--trainer.max_steps", "2")) == 0
+    runs = [list((root / "wandb").glob("offline-run-*")) for root in roots]
+    assert all(len(r) == 1 for r in runs), runs
+    assert runs[0][0].name.split("-")[-1] != runs[1][0].name.split("-")[-1]
+
+
 def test_resume_from_last_gives_identical_weights(micro_dir, tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert main(fit_args(micro_dir, straight, "--trainer.max_epochs", "2")) == 0

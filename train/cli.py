@@ -7,6 +7,7 @@ with `--ckpt_path last`), spectral diagnostics every 50 steps, and convert + exp
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -42,5 +43,19 @@ def run_fit(argv: list[str]) -> None:
     """Run `fit` with LightningCLI on `argv` (e.g. ["--config", "configs/qat_demo.yaml", "--trainer.max_steps=5"])."""
     # `qclip fit ...` passes its own arguments (sys.argv must stay intact for DDP's re-launch of the ranks)
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-    QclipCLI(QATCLIPModule, PairDataModule, args=["fit", *argv], seed_everything_default=0,
-             save_config_kwargs={"overwrite": True})
+    outer = _active_wandb_run()
+    try:
+        QclipCLI(QATCLIPModule, PairDataModule, args=["fit", *argv], seed_everything_default=0,
+                 save_config_kwargs={"overwrite": True})
+    finally:
+        # WandbLogger adopts whatever run is active in the process, so a run this fit started must end with it,
+        # or the next fit in the same process would log into this one's directory
+        run = _active_wandb_run()
+        if run is not None and run is not outer:
+            run.finish()
+
+
+def _active_wandb_run():
+    """The process's active wandb run, without importing wandb when nothing has."""
+    wandb = sys.modules.get("wandb")
+    return getattr(wandb, "run", None) if wandb is not None else None
