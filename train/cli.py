@@ -43,6 +43,8 @@ def run_fit(argv: list[str]) -> None:
     """Run `fit` with LightningCLI on `argv` (e.g. ["--config", "configs/qat_demo.yaml", "--trainer.max_steps=5"])."""
     # `qclip fit ...` passes its own arguments (sys.argv must stay intact for DDP's re-launch of the ranks)
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    # the frozen FP teacher (and, with freeze_bn, the student's BatchNorm layers) are in eval mode on purpose
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
     outer = _active_wandb_run()
     try:
         QclipCLI(QATCLIPModule, PairDataModule, args=["fit", *argv], seed_everything_default=0,
