@@ -5,7 +5,8 @@ of the quantized image features against the original FP features (banded, with S
 Every row also gives its difference to RTN with a paired bootstrap 95% interval (same test images resampled for
 both models) and the ECE noise floor: the ECE a perfectly calibrated model with the row's confidences shows on
 this many images (mean ± sd). An ECE inside floor + 2 sd, or a ΔECE interval spanning 0, does not tell the
-models apart at this test size. `--seeds 0 1 2` repeats the fits with other data orders and caption templates.
+models apart at this test size. `--seeds 0 1 2` repeats the fits with other data orders and caption templates;
+the last line counts the QAT fits that beat RTN on acc1 and on ECE, and those whose interval excludes 0.
 
 Usage: python benchmarks/qat_vs_ptq.py [--data-root ../shared/data] [--train-pairs 12800] [--lam 1.0] [--k 16]
                                       [--seeds 0 1 2] [--fit-arg=--model.freeze_bn --fit-arg=false ...]
@@ -49,11 +50,16 @@ def evaluate(model: str, quant: str | None, root: str, limit: int | None):
     return m, feats, probs, labels
 
 
-def paired_delta(metric, probs, ref_probs, labels) -> str:
-    """metric(model) − metric(RTN) with its paired bootstrap 95% interval."""
+def paired_delta(metric, probs, ref_probs, labels) -> tuple[float, float, float]:
+    """metric(model) − metric(RTN) and its paired bootstrap 95% interval (low, high)."""
     diff = lambda p, r, y: metric(p, y) - metric(r, y)  # noqa: E731
     lo, hi = bootstrap_ci(diff, probs, ref_probs, labels, n_boot=1000)
-    return f"{diff(probs, ref_probs, labels):+.4f} [{lo:+.4f}, {hi:+.4f}]"
+    return diff(probs, ref_probs, labels), lo, hi
+
+
+def show(delta: tuple[float, float, float] | None) -> str:
+    """'+d [lo, hi]' of a paired difference, '-' for none."""
+    return "-" if delta is None else "{:+.4f} [{:+.4f}, {:+.4f}]".format(*delta)
 
 
 def acc1(probs: torch.Tensor, labels: torch.Tensor) -> float:
@@ -103,7 +109,7 @@ def main() -> None:
     for name, (ckpt, secs) in runs.items():
         m, f, p, _ = evaluate(ckpt, "w4a8-lsq", root, args.limit)
         rows.append((name, m, p, per_rank_sqnr(fp_f, f, basis), secs))
-    rtn_p = rtn[2]
+    rtn_p, qat = rtn[2], []
 
     print("| model | acc1 | Δacc1 vs RTN [95% CI] | ECE | ECE floor (calibrated) | ΔECE vs RTN [95% CI] | MCM AUROC "
           "| SQNR 0-8 / 8-64 / 64+ (dB) | Spearman ρ(SQNR, rank) | fit time |")
@@ -118,11 +124,17 @@ def main() -> None:
             rho = f"{spearmanr(torch.arange(sq['sqnr_db'].numel()).numpy(), sq['sqnr_db'].numpy()).statistic:.2f}"
         floor, floor_sd = ece_floor(p)
         same = name.startswith("PTQ w4a8 RTN")
-        d_acc = "-" if same else paired_delta(acc1, p, rtn_p, labels)
-        d_ece = "-" if same else paired_delta(ece, p, rtn_p, labels)
+        d_acc = None if same else paired_delta(acc1, p, rtn_p, labels)
+        d_ece = None if same else paired_delta(ece, p, rtn_p, labels)
+        if name.startswith("QAT"):
+            qat.append((d_acc, d_ece))
         fit_time = "-" if secs is None else f"{secs:.0f} s"
-        print(f"| {name} | {m['acc1']:.4f} | {d_acc} | {m['ece']:.4f} | {floor:.4f} ± {floor_sd:.4f} | {d_ece} "
-              f"| {auroc:.4f} | {bands} | {rho} | {fit_time} |", flush=True)
+        print(f"| {name} | {m['acc1']:.4f} | {show(d_acc)} | {m['ece']:.4f} | {floor:.4f} ± {floor_sd:.4f} "
+              f"| {show(d_ece)} | {auroc:.4f} | {bands} | {rho} | {fit_time} |", flush=True)
+    n = len(qat)
+    print(f"\nQAT vs RTN over {n} fits: acc1 higher in {sum(a[0] > 0 for a, _ in qat)}/{n} (interval above 0 in "
+          f"{sum(a[1] > 0 for a, _ in qat)}/{n}); ECE lower in {sum(e[0] < 0 for _, e in qat)}/{n} (interval below 0 "
+          f"in {sum(e[2] < 0 for _, e in qat)}/{n}).")
 
 
 if __name__ == "__main__":
