@@ -34,7 +34,7 @@ def main() -> None:
     spec = resolve_dataset("wds/cifar10", args.data_root, "test")
     calibrate_vt = make_calibrator(base, spec, batches=8, data_root=args.data_root, text=True)
     fp = evaluate_zero_shot(base, spec, limit=args.limit, progress=False).metrics()["acc1"]
-    print(f"| spec | scope | acc1 | Δ vs FP | coverage (vision, text) | seconds |\n|---|---|---|---|---|---|")
+    print("| spec | scope | acc1 | Δ vs FP | coverage (vision, text) | seconds |\n|---|---|---|---|---|---|")
     print(f"| fp | - | {fp:.4f} | - | - | - |")
     for bits in args.bits.split(","):
         for method in args.methods.split(","):
