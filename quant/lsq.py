@@ -19,7 +19,7 @@ from torch import nn
 
 from .primitives import EPS, qrange
 
-__all__ = ["grad_scale", "round_ste", "lsq_quantize", "lsq_quantize_reference", "LSQQuantizer"]
+__all__ = ["grad_scale", "round_ste", "lsq_quantize", "lsq_quantize_reference", "LSQQuantizer", "clamp_steps_"]
 
 
 def grad_scale(x: torch.Tensor, g: float) -> torch.Tensor:
@@ -110,3 +110,16 @@ class LSQQuantizer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, per_channel={self.per_channel}, steps={self.step.numel()}"
+
+
+@torch.no_grad()
+def clamp_steps_(model: nn.Module, min_step: float = EPS) -> int:
+    """Keep every LSQ step of `model` ≥ `min_step` (call after each optimizer update: a step pushed through 0
+    would divide by zero or flip the grid); returns the number of steps that were clamped."""
+    clamped = 0
+    for module in model.modules():
+        if isinstance(module, LSQQuantizer):
+            low = module.step < min_step
+            clamped += int(low.sum())
+            module.step.clamp_(min=min_step)
+    return clamped

@@ -19,7 +19,7 @@ from conftest import MICRO
 from evals.demo import DEMO_MODEL_NAME, register_model_configs
 from quant.api import convert_to_float, quantize_model
 from quant.export import export_int_, load_int, save_int
-from quant.lsq import LSQQuantizer, lsq_quantize
+from quant.lsq import LSQQuantizer, clamp_steps_, lsq_quantize
 from quant.primitives import EPS, fake_quantize, fake_quantize_weight, qparams_from_minmax, qrange
 from quant.rotation import HadamardRotation, hadamard, rotation_matrix
 from quant.smoothquant import apply_smoothquant
@@ -178,6 +178,20 @@ def test_lsq_gradients_match_closed_form(per_channel):
     expected_step = (dstep * upstream).sum(1) * g if per_channel else (dstep * upstream).sum().reshape(1) * g
     torch.testing.assert_close(quant.step.grad, expected_step, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(x.grad, upstream * inside)
+
+
+def test_clamp_steps_keeps_lsq_steps_positive():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    model[0].q, model[1].q = LSQQuantizer(4, per_channel=True, channels=3), LSQQuantizer(8, per_channel=False)
+    with torch.no_grad():
+        model[0].q.step.copy_(torch.tensor([0.5, -0.2, 0.0]))
+        model[1].q.step.fill_(0.1)
+    model[0].q.initialized.fill_(True)  # steps as an optimizer left them: no re-initialisation from data
+    assert clamp_steps_(model, min_step=1e-6) == 2
+    assert model[0].q.step.tolist() == pytest.approx([0.5, 1e-6, 1e-6]) and model[1].q.step.item() == pytest.approx(0.1)
+    assert clamp_steps_(model, min_step=1e-6) == 0
+    w = torch.randn(3, 5)  # per-channel steps: one per row of a weight
+    assert torch.isfinite(model[0].q(w)).all()  # a zero step would have divided by zero
 
 
 def test_lsq_step_gradient_matches_finite_difference_of_smoothed_loss():

@@ -20,7 +20,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from evals.metrics import ece
+from evals.metrics import ece, softmax_probs
 from evals.models import load_model
 from evals.zeroshot import build_zero_shot_classifier, topk_accuracy
 from spectral.penalties import SpectralTailPenalty
@@ -153,6 +153,10 @@ class QATCLIPModule(L.LightningModule):
     def on_train_batch_end(self, outputs, batch, batch_idx):
         with torch.no_grad():
             self.model.logit_scale.clamp_(0, math.log(100))
+        if self.hparams.quant and self.hparams.backend == "lsq":
+            from quant.lsq import clamp_steps_  # here, so importing train.module does not load torchao
+
+            clamp_steps_(self.model)  # LSQ steps stay positive, whatever the scale learning rate
 
     # --------------------------------------------------------------------------------------------- validation
     def on_validation_epoch_start(self) -> None:
@@ -173,7 +177,8 @@ class QATCLIPModule(L.LightningModule):
         logits = torch.cat([v[0] for v in self._val]).cpu()
         labels = torch.cat([v[1] for v in self._val]).cpu()
         self.log("val/acc1", topk_accuracy(logits, labels, (1,))[1], prog_bar=True)
-        self.log("val/ece", ece(logits.softmax(-1).double(), labels))
+        # float64 softmax: under bf16 autocast a float32 softmax runs in bf16, its rows off by > 1e-3
+        self.log("val/ece", ece(softmax_probs(logits), labels))
         self._val = []
 
     # ---------------------------------------------------------------------------------------------- optimizer
