@@ -129,7 +129,10 @@ def test_freeze_bn_through_a_real_fit(tmp_path, freeze_bn):
     src = save_open_clip_dir(model, open_clip.get_model_config("qclip-micro-rn"), tmp_path / "rn")
     before = {k: v.clone() for k, v in model.state_dict().items() if "running_mean" in k}
     root = tmp_path / "run"
-    assert main(fit_args(src, root, "--trainer.max_epochs", "1", "--model.freeze_bn", freeze_bn)) == 0
+    # diagnostics every step: their eval()/train() round trip must not unfreeze the BatchNorm layers
+    assert main(fit_args(src, root, "--trainer.max_epochs", "1", "--model.freeze_bn", freeze_bn,
+                         "--trainer.callbacks+=train.callbacks.SpectralDiagnostics",
+                         "--trainer.callbacks.every_n_steps=1")) == 0
     after = {k.removeprefix("model."): v for k, v in weights(root / "checkpoints" / "last.ckpt").items()}
     assert before and all(k in after for k in before)
     unchanged = all(torch.equal(before[k], after[k]) for k in before)

@@ -43,10 +43,12 @@ class SpectralDiagnostics(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self._probe is None or trainer.global_step % self.every_n_steps:
             return
-        was_training = pl_module.model.training
-        pl_module.model.eval()
+        # switch modes through the LightningModule: its train() keeps the teacher (and, with freeze_bn, the
+        # student's BatchNorm layers) in eval mode, which the inner model's train() would undo
+        was_training = pl_module.training
+        pl_module.eval()
         student = pl_module.model.encode_image(self._probe.to(pl_module.device)).float().cpu()
-        pl_module.model.train(was_training)
+        pl_module.train(was_training)
         r = per_rank_sqnr(self._reference, student, feature_basis(self._reference))
         metrics = {f"spectral/sqnr_db/{k}": v for k, v in band_sqnr(r["signal"], r["error"], self.bands).items()
                    if v == v}
