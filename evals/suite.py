@@ -159,8 +159,9 @@ class ReliabilitySuite:
         m["n"] = int(labels.numel())
         m["logit_scale"] = scale
         m.update(ece_after_tuning(cos, labels, cfg.seed))
-        m["ece_floor"], m["ece_floor_sd"] = ece_floor(logits.float().softmax(-1), seed=cfg.seed)
-        m["reliability"] = reliability_bins(logits.softmax(-1), labels)
+        probs = logits.softmax(-1)
+        m["ece_floor"], m["ece_floor_sd"] = ece_floor(probs, seed=cfg.seed)
+        m["reliability"] = reliability_bins(probs, labels)
         boot = dict(n_boot=cfg.bootstrap, seed=cfg.seed)
         ci: dict = {}
         if cfg.bootstrap > 0:

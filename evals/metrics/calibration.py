@@ -106,7 +106,7 @@ def ece_floor(probs: torch.Tensor, n_bins: int = 15, n_draws: int = 200, seed: i
     _check_matrix(probs, "probs")
     if not isinstance(n_draws, int) or n_draws < 2:
         raise ValueError(f"n_draws must be an int >= 2, got {n_draws!r}")
-    conf, _ = _top_label(probs, probs.argmax(dim=1))
+    conf, _ = _top_label(probs, probs.argmax(dim=1))  # validated confidences; the "labels" play no part
     _, idx = _bin_index(conf, n_bins)
     gen = torch.Generator().manual_seed(seed)
     draws = (torch.rand(n_draws, conf.numel(), generator=gen, dtype=torch.float64) < conf).double() - conf
