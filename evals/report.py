@@ -185,17 +185,17 @@ def _verdict(key: str, claim: str, flags: list[bool], evidence: str, missing: st
     return {"key": key, "claim": claim, "holds": k * 2 > n, "evidence": evidence.format(k=k, n=n), "n": n, "agree": k}
 
 
+def _scalar_pairs(records: list[dict]) -> list[tuple[dict, dict]]:
+    """(quant `_scalars`, FP `_scalars`) of every quant/qat cell whose group has an FP reference."""
+    refs = _references(records)
+    return [(_scalars(rec), _scalars(refs[_group(rec)])) for rec in sorted(records, key=_sort_key)
+            if _cell(rec).get("kind") in _QUANT and _group(rec) in refs]
+
+
 def _pairs(records: list[dict], metric: str) -> list[tuple[float, float]]:
     """(quant value, FP value) of a `_scalars` metric for every quant/qat cell whose group has an FP reference."""
-    refs = _references(records)
-    out = []
-    for rec in sorted(records, key=_sort_key):
-        fp = refs.get(_group(rec))
-        if _cell(rec).get("kind") in _QUANT and fp is not None:
-            q, f = _scalars(rec)[metric], _scalars(fp)[metric]
-            if q is not None and f is not None:
-                out.append((q, f))
-    return out
+    return [(q[metric], f[metric]) for q, f in _scalar_pairs(records)
+            if q[metric] is not None and f[metric] is not None]
 
 
 def _compare(key: str, claim: str, metric: str, better, verb: str, what: str, missing: str):
@@ -215,14 +215,8 @@ _calibration_vote = _compare("calibration", "Quantization improves calibration (
 def _calibration_finding(records: list[dict]) -> dict:
     """The ECE vote, plus how many quant cells beat FP by more than 2 sd of the calibrated-ECE noise floor."""
     out = _calibration_vote(records)
-    refs = _references(records)
-    gaps = []  # (quant ECE, FP ECE, quant floor, quant floor sd)
-    for rec in records:
-        fp = refs.get(_group(rec))
-        if _cell(rec).get("kind") in _QUANT and fp is not None:
-            q, f = _scalars(rec), _scalars(fp)
-            if None not in (q["ece"], f["ece"], q["ece_floor"], q["ece_floor_sd"]):
-                gaps.append((q["ece"], f["ece"], q["ece_floor"], q["ece_floor_sd"]))
+    gaps = [(q["ece"], f["ece"], q["ece_floor"], q["ece_floor_sd"]) for q, f in _scalar_pairs(records)
+            if None not in (q["ece"], f["ece"], q["ece_floor"], q["ece_floor_sd"])]
     if gaps:
         resolved = sum(q < f - 2 * sd for q, f, _, sd in gaps)
         out["evidence"] += (f"; {resolved}/{len(gaps)} by more than 2 sd of the ECE a perfectly calibrated model "
