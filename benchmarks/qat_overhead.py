@@ -17,10 +17,10 @@ import time
 import torch
 from open_clip.loss import ClipLoss
 
-from evals.models import load_model
-from quant.qat import prepare_qat
-from train.demo import ensure_demo_model
-from train.losses import feature_spectral_penalty
+from qclip.io.models import load_model
+from qclip.quant.qat import prepare_qat
+from qclip.train.demo import ensure_demo_model
+from qclip.train.losses import feature_spectral_penalty
 
 
 def make_step(model, images, tokens, labels, spectral_lambda: float = 0.0, spectral_k: float = 16):

@@ -24,12 +24,12 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import spearmanr
 
-from evals.metrics import bootstrap_ci, ece, ece_floor
-from evals.suite import ReliabilitySuite, SuiteConfig
-from evals.zeroshot import topk_accuracy, zero_shot_classifier
+from qclip.evals.metrics import bootstrap_ci, ece, ece_floor
+from qclip.evals.suite import ReliabilitySuite, SuiteConfig
+from qclip.evals.zeroshot import topk_accuracy, zero_shot_classifier
 from qclip.cli import main as qclip
-from spectral.features import band_sqnr, feature_basis, per_rank_sqnr
-from train.demo import ensure_demo_model
+from qclip.spectral.features import band_sqnr, feature_basis, per_rank_sqnr
+from qclip.train.demo import ensure_demo_model
 
 REPO = Path(__file__).resolve().parents[1]
 OOD = "wds/imagenet_cifar10_ood"

@@ -12,13 +12,13 @@ import time
 
 import torch
 
-from evals.calib_data import make_calibrator
-from evals.data import resolve_dataset
-from evals.harness import evaluate_zero_shot
-from evals.models import load_model
-from quant.api import quantize_model
-from quant.spec import parse_spec
-from train.demo import ensure_demo_model
+from qclip.evals.variants import make_calibrator
+from qclip.io.data import resolve_dataset
+from qclip.evals.zeroshot import evaluate_zero_shot
+from qclip.io.models import load_model
+from qclip.quant.api import quantize_model
+from qclip.quant.spec import parse_spec
+from qclip.train.demo import ensure_demo_model
 
 
 def main() -> None:

@@ -47,7 +47,7 @@ sys.exit(main())
 
 def build_model(folder: Path) -> None:
     """Save the random-init micro CLIP as an open_clip local-dir."""
-    from evals.models import save_open_clip_dir
+    from qclip.io.models import save_open_clip_dir
 
     open_clip.add_model_config(HERE / "bench-micro.json")
     torch.manual_seed(0)

@@ -24,9 +24,9 @@ import torch
 
 def qclip_spectra(model, quantized, method: str) -> int:
     """All FP and quantized spectra with statistics; returns the number of spectra computed."""
-    from quant.modules import effective_weight
-    from quant.surgery import attention_surgery, list_linear_maps
-    from spectral.weights import layer_statistics, svdvals_batched
+    from qclip.quant.modules import effective_weight
+    from qclip.quant.surgery import attention_surgery, list_linear_maps
+    from qclip.spectral.weights import layer_statistics, svdvals_batched
 
     fp = attention_surgery(copy.deepcopy(model))
     maps = list_linear_maps(fp)
@@ -45,7 +45,7 @@ def main() -> None:
     logging.getLogger("weightwatcher").setLevel(logging.ERROR)
     import weightwatcher as ww
 
-    from quant.api import quantize_model
+    from qclip.quant.api import quantize_model
 
     torch.manual_seed(0)
     model = open_clip.create_model("ViT-B-32").eval()

@@ -1,21 +1,55 @@
-"""Image features of a (model, dataset, corruption), extracted once and cached on disk by content hash."""
+"""Image features of a (model, dataset, corruption), extracted once and cached on disk by content hash.
+
+Writes `<cache>/features/<key>.pt` (features + labels; see docs/conventions.md for the key)."""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import json
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
 from torchvision.transforms import Compose, Normalize
+from tqdm.auto import tqdm
 
-from .data import DatasetSpec, make_loader
-from .paths import atomic_write_bytes, cache_dir
-from .zeroshot import extract_image_features
+from qclip.io.data import DatasetSpec, make_loader
+from qclip.io.paths import atomic_write_bytes, cache_dir
 
-__all__ = ["split_normalize", "dataset_features", "DecodedImages"]
+__all__ = ["extract_image_features", "split_normalize", "dataset_features", "DecodedImages"]
+
+
+@torch.no_grad()
+def extract_image_features(model: nn.Module, loader: Iterable, *, device: str | torch.device = "cpu",
+                           total: int | None = None, progress: bool = True, desc: str = "image features",
+                           batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                           autocast: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the image tower over a loader of (images, labels); return unnormalised float32 features and labels.
+
+    `batch_transform` (e.g. corrupt, then normalise) is applied to each image batch on the device first;
+    `autocast` runs the tower under bfloat16 autocast (precision "amp_bf16")."""
+    device_type = torch.device(device).type
+    feats, labels = [], []
+    batches = iter(loader)
+    try:
+        with tqdm(total=total, desc=desc, unit="img", disable=not progress) as bar:
+            for batch in batches:
+                images, target = batch[0].to(device, non_blocking=True), batch[1]
+                if batch_transform is not None:
+                    images = batch_transform(images)
+                with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
+                    out = model.encode_image(images)
+                feats.append(out.float().cpu())
+                labels.append(torch.as_tensor(target).cpu())
+                bar.update(len(images))
+    finally:  # stop DataLoader workers now: left to the garbage collector after an error, this takes seconds
+        shutdown = getattr(batches, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+    if not feats:
+        raise ValueError("the dataset yielded no samples")
+    return torch.cat(feats), torch.cat(labels).long()
 
 
 def split_normalize(preprocess: Callable) -> tuple[Callable, Normalize | None]:

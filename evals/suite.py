@@ -16,15 +16,15 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .calib_data import quantize_loaded
-from .data import DatasetSpec, resolve_dataset
-from .errors import DataError
+from .variants import quantize_loaded
+from qclip.io.data import DatasetSpec, resolve_dataset
+from qclip.io.errors import DataError
 from .features import DecodedImages, dataset_features
 from .metrics import (SCORE_INPUTS, SCORES, adaptive_ece, auroc, bootstrap_ci, bootstrap_ci_two_sample, brier,
                       delta_rsg, ece, ece_floor, mce, nll, ood_metrics, relative_changes, reliability_bins, rsg,
                       vuln_add)
-from .models import LoadedModel, load_model
-from .store import config_hash
+from qclip.io.models import LoadedModel, load_model
+from qclip.io.store import config_hash
 from .zeroshot import model_fingerprint, topk_accuracy, zero_shot_classifier
 
 __all__ = ["SuiteConfig", "ReliabilitySuite", "calibration_metrics", "ece_after_tuning", "map_classes",
@@ -73,7 +73,7 @@ def calibration_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict:
 
 def ece_after_tuning(cos: torch.Tensor, labels: torch.Tensor, seed: int = 0) -> dict:
     """Fit the logit scale by NLL on one half of a seeded split, report ECE on the other half."""
-    from quant.temperature import fit_logit_scale
+    from .metrics.temperature import fit_logit_scale
 
     n = labels.numel()
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))

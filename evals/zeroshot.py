@@ -1,21 +1,30 @@
-"""Zero-shot classification: template-ensembled text classifiers (cached on disk) and image features."""
+"""Zero-shot classification: template-ensembled text classifiers (cached on disk), logits, accuracy, and
+`evaluate_zero_shot`, the one zero-shot pass (model + dataset in, features/logits/accuracy out) that the demo
+pretraining and the benchmarks use; the reliability suite builds on the same pieces.
+
+Writes `<cache>/classifiers/<key>.pt` (one text classifier per text tower, class names and templates)."""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import json
-from typing import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .paths import atomic_write_bytes, cache_dir
+from qclip.io.paths import atomic_write_bytes, cache_dir
 
-__all__ = ["model_fingerprint", "text_tower_fingerprint", "build_zero_shot_classifier", "zero_shot_classifier", "extract_image_features",
-           "zero_shot_logits", "topk_accuracy"]
+if TYPE_CHECKING:
+    from qclip.io.data import DatasetSpec
+    from qclip.io.models import LoadedModel
+
+__all__ = ["model_fingerprint", "text_tower_fingerprint", "build_zero_shot_classifier", "zero_shot_classifier",
+           "zero_shot_logits", "topk_accuracy", "ZeroShotResult", "evaluate_zero_shot"]
 
 _IMAGE_TOWER_PREFIXES = ("visual.",)
 _NOT_TEXT = ("logit_scale", "logit_bias")
@@ -90,38 +99,6 @@ def zero_shot_classifier(model: nn.Module, tokenizer: Callable, classnames: Sequ
     return weights
 
 
-@torch.no_grad()
-def extract_image_features(model: nn.Module, loader: Iterable, *, device: str | torch.device = "cpu",
-                           total: int | None = None, progress: bool = True, desc: str = "image features",
-                           batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                           autocast: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the image tower over a loader of (images, labels); return unnormalised float32 features and labels.
-
-    `batch_transform` (e.g. corrupt, then normalise) is applied to each image batch on the device first;
-    `autocast` runs the tower under bfloat16 autocast (precision "amp_bf16")."""
-    device_type = torch.device(device).type
-    feats, labels = [], []
-    batches = iter(loader)
-    try:
-        with tqdm(total=total, desc=desc, unit="img", disable=not progress) as bar:
-            for batch in batches:
-                images, target = batch[0].to(device, non_blocking=True), batch[1]
-                if batch_transform is not None:
-                    images = batch_transform(images)
-                with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
-                    out = model.encode_image(images)
-                feats.append(out.float().cpu())
-                labels.append(torch.as_tensor(target).cpu())
-                bar.update(len(images))
-    finally:  # stop DataLoader workers now: left to the garbage collector after an error, this takes seconds
-        shutdown = getattr(batches, "_shutdown_workers", None)
-        if shutdown is not None:
-            shutdown()
-    if not feats:
-        raise ValueError("the dataset yielded no samples")
-    return torch.cat(feats), torch.cat(labels).long()
-
-
 def zero_shot_logits(features: torch.Tensor, classifier: torch.Tensor, logit_scale: torch.Tensor | float) -> torch.Tensor:
     """Calibration-convention logits: `logit_scale.exp() * cos(image, class)`; `logit_scale` is the log-scale."""
     cos = F.normalize(features.float(), dim=-1) @ classifier.float().to(features.device)
@@ -136,3 +113,35 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] 
     hit = top == labels.view(-1, 1)
     n = max(1, labels.numel())
     return {k: hit[:, :min(k, maxk)].any(dim=1).sum().item() / n for k in ks}
+
+
+@dataclass
+class ZeroShotResult:
+    """Features, labels and calibration-convention logits of one (model, dataset) pass."""
+
+    features: torch.Tensor
+    labels: torch.Tensor
+    logits: torch.Tensor
+    classifier: torch.Tensor
+
+    def metrics(self) -> dict:
+        """acc1, acc5 and n."""
+        acc = topk_accuracy(self.logits, self.labels, (1, 5))
+        return {"acc1": acc[1], "acc5": acc[5], "n": int(self.labels.numel())}
+
+
+@torch.no_grad()
+def evaluate_zero_shot(loaded: LoadedModel, spec: DatasetSpec, *, device: str | torch.device = "cpu",
+                       batch_size: int = 256, num_workers: int = 2, limit: int | None = None,
+                       progress: bool = True, use_cache: bool = True) -> ZeroShotResult:
+    """Classify `spec` zero-shot with `loaded`; logits = `logit_scale.exp() * cos`."""
+    from .features import dataset_features
+
+    model = loaded.model.eval()
+    classifier = zero_shot_classifier(model, loaded.tokenizer, spec.classnames, spec.templates, device=device,
+                                      use_cache=use_cache, progress=progress)
+    feats, labels = dataset_features(model, loaded.preprocess, spec, model_key=model_fingerprint(model),
+                                     limit=limit, batch_size=batch_size, num_workers=num_workers, device=device,
+                                     progress=progress, use_cache=use_cache)
+    logits = zero_shot_logits(feats, classifier, model.logit_scale.detach().float().cpu())
+    return ZeroShotResult(feats, labels, logits, classifier.cpu())

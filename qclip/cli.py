@@ -132,13 +132,13 @@ def _device(name: str | None) -> str:
 
 
 def _parse_quant(text: str | None):
-    from evals.calib_data import parse_quant_arg
+    from .evals.variants import parse_quant_arg
 
     return None if text is None else parse_quant_arg(text)
 
 
 def _parse_pair(text: str | None) -> tuple[str, str] | None:
-    from evals.errors import QclipInputError
+    from .io.errors import QclipInputError
 
     if text is None:
         return None
@@ -149,15 +149,15 @@ def _parse_pair(text: str | None) -> tuple[str, str] | None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from evals.errors import QclipInputError
-    from evals.results import versions, write_json
-    from evals.store import ResultsStore
-    from evals.suite import ReliabilitySuite, SuiteConfig
+    from .io.errors import QclipInputError
+    from .io.results import versions, write_json
+    from .io.store import ResultsStore
+    from .evals.suite import ReliabilitySuite, SuiteConfig
 
     qspec = _parse_quant(args.quant)
     corruptions = []
     if args.corruptions:
-        from evals.corruptions import parse_corruptions
+        from .evals.corruptions import parse_corruptions
 
         try:
             corruptions = parse_corruptions(args.corruptions)
@@ -177,7 +177,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     suite = ReliabilitySuite(cfg, data_root=args.data_root, device=device, batch_size=args.batch_size,
                              num_workers=args.workers, progress=not args.no_progress, use_cache=not args.no_cache)
     if args.model == "demo":
-        from train.demo import ensure_demo_model
+        from .train.demo import ensure_demo_model
 
         ensure_demo_model(data_root=args.data_root, progress=not args.no_progress)
     record = suite.run()
@@ -192,7 +192,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_pretrain_demo(args: argparse.Namespace) -> int:
-    from train.demo import DemoRecipe, pretrain_demo
+    from .train.demo import DemoRecipe, pretrain_demo
 
     recipe = DemoRecipe(seed=args.seed) if args.epochs is None else DemoRecipe(epochs=args.epochs, seed=args.seed)
     meta = pretrain_demo(args.out, recipe, data_root=args.data_root, progress=not args.no_progress)
@@ -204,12 +204,12 @@ def _cmd_pretrain_demo(args: argparse.Namespace) -> int:
 def _cmd_spectrum(args: argparse.Namespace) -> int:
     import os
 
-    from evals.spectrum import SpectrumConfig, run_spectrum
+    from .experiments.spectrum import SpectrumConfig, run_spectrum
 
     for spec_text in (args.quant, args.truncate):
         _parse_quant(spec_text)
     if args.model == "demo":
-        from train.demo import ensure_demo_model
+        from .train.demo import ensure_demo_model
 
         ensure_demo_model(data_root=args.data_root, progress=not args.no_progress)
     cfg = SpectrumConfig(model=args.model, pretrained=args.pretrained, quant=args.quant, features=args.features,
@@ -237,9 +237,9 @@ def _cmd_spectrum(args: argparse.Namespace) -> int:
 def _cmd_ablate(args: argparse.Namespace) -> int:
     import os
 
-    from evals.ablate import merge_results, run_grid, write_grid_report
-    from evals.errors import QclipInputError
-    from evals.grid import grid_data_root, load_grid, parse_shard
+    from .experiments.ablate import merge_results, run_grid, write_grid_report
+    from .io.errors import QclipInputError
+    from .experiments.grid import grid_data_root, load_grid, parse_shard
 
     cfg = load_grid(args.config, limit=args.limit, ood_limit=args.ood_limit)
     shard = parse_shard(args.shard)
@@ -253,7 +253,7 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
         print(f"merged {len(records)} cells -> {summary['report']}")
         return EXIT_OK
     if any(m["name"] == "demo" for m in cfg.models):
-        from train.demo import ensure_demo_model
+        from .train.demo import ensure_demo_model
 
         ensure_demo_model(data_root=data_root, progress=not args.no_progress)
     run = None
@@ -284,10 +284,10 @@ _COMMANDS = {"ablate": _cmd_ablate, "eval": _cmd_eval, "spectrum": _cmd_spectrum
 
 def _run_fit(argv: list[str]) -> int:
     _configure_logging()
-    from evals.errors import QclipInputError, one_line
+    from .io.errors import QclipInputError, one_line
 
     try:
-        from train.cli import run_fit
+        from .train.cli import run_fit
 
         run_fit(argv)
     except SystemExit as exc:  # jsonargparse exits 2 on a bad config, 0 on --help
@@ -302,7 +302,7 @@ def _configure_logging() -> None:
     """Warnings of qclip's packages to stderr; Lightning's start-up banners and tips silenced."""
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("qclip: %(levelname)s: %(message)s"))
-    for name in ("evals", "quant", "spectral", "train", "qclip"):
+    for name in ("qclip",):
         logger = logging.getLogger(name)
         if not logger.handlers:
             logger.addHandler(handler)
@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # argparse exits 2 on bad usage, 0 on --help
         return int(exc.code or 0)
     _configure_logging()
-    from evals.errors import QclipInputError, one_line
+    from .io.errors import QclipInputError, one_line
 
     try:
         return _COMMANDS[args.command](args)

@@ -2,10 +2,10 @@
 
 One verb, validated specs::
 
-    from quant import parse_spec, quantize_model
+    from qclip.quant import parse_spec, quantize_model
     report = quantize_model(model, "w4a8-rot", calibrate)   # calibrate(model) runs a few forward passes
 
-Names are imported on first use, so `import quant.temperature` (or the spec parser) does not load torchao.
+Names are imported on first use, so importing the spec parser does not load torchao.
 """
 
 from importlib import import_module
@@ -16,7 +16,6 @@ _EXPORTS = {
     "prepare_qat": "qat", "convert_qat": "qat",
     "attention_surgery": "surgery", "list_linear_maps": "surgery", "LinearMap": "surgery",
     "export_int_": "export", "save_int": "export", "load_int": "export",
-    "fit_logit_scale": "temperature",
 }
 
 __all__ = list(_EXPORTS)
@@ -25,4 +24,4 @@ __all__ = list(_EXPORTS)
 def __getattr__(name: str):
     if name in _EXPORTS:
         return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module 'quant' has no attribute {name!r}")
+    raise AttributeError(f"module 'qclip.quant' has no attribute {name!r}")

@@ -48,7 +48,7 @@ def session_tmp() -> Path:
 @pytest.fixture()
 def micro_model():
     """A randomly initialised micro ViT CLIP (2 layers, 32 px) with its transform and tokenizer."""
-    from evals.models import load_model
+    from qclip.io.models import load_model
 
     torch.manual_seed(0)
     return load_model(MICRO)
@@ -57,7 +57,7 @@ def micro_model():
 @pytest.fixture(scope="session")
 def micro_dir(session_tmp) -> Path:
     """The micro model saved as an open_clip local-dir (config + safetensors)."""
-    from evals.models import load_model, save_open_clip_dir
+    from qclip.io.models import load_model, save_open_clip_dir
 
     torch.manual_seed(0)
     loaded = load_model(MICRO)

@@ -37,7 +37,7 @@ def test_eval_writes_valid_json(micro_dir, data_root, tmp_path, capsys):
 
 
 def test_eval_demo_uses_cached_model(data_root, tmp_path, monkeypatch, capsys, session_tmp):
-    from train.demo import DemoRecipe, pretrain_demo
+    from qclip.train.demo import DemoRecipe, pretrain_demo
 
     demo = session_tmp / "cli-demo"
     if not (demo / "open_clip_model.safetensors").exists():

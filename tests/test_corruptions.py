@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from evals.corruptions import (CIFAR_PARAMS, CORRUPTIONS, IMAGENET_PARAMS, SEVERITIES, _motion_blur, corrupt,
+from qclip.evals.corruptions import (CIFAR_PARAMS, CORRUPTIONS, IMAGENET_PARAMS, SEVERITIES, _motion_blur, corrupt,
                                hsv_to_rgb, parse_corruptions, resolve_params, rgb_to_hsv)
 
 NAMES = list(CORRUPTIONS)

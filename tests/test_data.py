@@ -18,9 +18,9 @@ import torch
 from PIL import Image
 from torchvision.transforms import PILToTensor
 
-from evals.data import (DEFAULT_TEMPLATES, WdsImageDataset, iter_wds_samples, make_dataset, make_loader,
+from qclip.io.data import (DEFAULT_TEMPLATES, WdsImageDataset, iter_wds_samples, make_dataset, make_loader,
                         resolve_dataset)
-from evals.errors import DataError, one_line
+from qclip.io.errors import DataError, one_line
 
 CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 TEMPLATES = ("a photo of a {c}.", "itap of a {c}.")

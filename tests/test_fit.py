@@ -43,15 +43,15 @@ def test_fit_checkpoints_logs_and_exports(micro_dir, tmp_path):
     assert list((root / "wandb").glob("offline-run-*"))
     stock, _, _ = open_clip.create_model_and_transforms(f"local-dir:{root / 'export' / 'float'}")
     assert isinstance(stock, open_clip.CLIP)
-    from quant.export import load_int
-    from quant.spec import parse_spec
+    from qclip.quant.export import load_int
+    from qclip.quant.spec import parse_spec
 
     loaded = load_int(open_clip.create_model_and_transforms(f"local-dir:{micro_dir}")[0], parse_spec("w4a8"),
                       root / "export" / "model_int.pt")
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert loaded.encode_image(x).shape == (2, 32)
-    from evals.models import load_model
+    from qclip.io.models import load_model
 
     assert load_model(str(root / "checkpoints" / "last.ckpt")).model is not None  # self-describing checkpoint
 
@@ -95,9 +95,9 @@ def test_ddp_two_cpu_processes(micro_dir, tmp_path):
 
 
 def test_eval_of_a_qat_checkpoint_uses_its_trained_steps(micro_dir, data_root, tmp_path):
-    from evals.calib_data import quantize_loaded
-    from evals.data import resolve_dataset
-    from evals.models import load_model
+    from qclip.evals.variants import quantize_loaded
+    from qclip.io.data import resolve_dataset
+    from qclip.io.models import load_model
 
     root = tmp_path / "q"
     assert main(fit_args(micro_dir, root, "--trainer.max_steps", "2", "--model.scale_lr", "0.05")) == 0
@@ -122,7 +122,7 @@ def test_eval_of_a_qat_checkpoint_uses_its_trained_steps(micro_dir, data_root, t
 @pytest.mark.parametrize("freeze_bn", ["true", "false"])
 def test_freeze_bn_through_a_real_fit(tmp_path, freeze_bn):
     """A micro ResNet CLIP: with freeze_bn its BatchNorm running statistics survive QAT fine-tuning unchanged."""
-    from evals.models import save_open_clip_dir
+    from qclip.io.models import save_open_clip_dir
 
     torch.manual_seed(0)
     model = open_clip.create_model("qclip-micro-rn")
@@ -131,7 +131,7 @@ def test_freeze_bn_through_a_real_fit(tmp_path, freeze_bn):
     root = tmp_path / "run"
     # diagnostics every step: their eval()/train() round trip must not unfreeze the BatchNorm layers
     assert main(fit_args(src, root, "--trainer.max_epochs", "1", "--model.freeze_bn", freeze_bn,
-                         "--trainer.callbacks+=train.callbacks.SpectralDiagnostics",
+                         "--trainer.callbacks+=qclip.train.callbacks.SpectralDiagnostics",
                          "--trainer.callbacks.every_n_steps=1")) == 0
     after = {k.removeprefix("model."): v for k, v in weights(root / "checkpoints" / "last.ckpt").items()}
     assert before and all(k in after for k in before)

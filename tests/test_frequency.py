@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spectral.frequency import (BANDS, band_energy_fractions, band_limited_noise, band_mask, perturb_band,
+from qclip.spectral.frequency import (BANDS, band_energy_fractions, band_limited_noise, band_mask, perturb_band,
                                 radial_energy, radial_frequencies, tokens_to_grid)
 
 

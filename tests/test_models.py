@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import MICRO
-from evals.errors import ModelLoadError
-from evals.models import load_model, read_state_dict, save_open_clip_dir
+from qclip.io.errors import ModelLoadError
+from qclip.io.models import load_model, read_state_dict, save_open_clip_dir
 
 
 def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:

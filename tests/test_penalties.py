@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from spectral.penalties import (SpectralTailPenalty, feature_tail_energy, nuclear_norm,
+from qclip.spectral.penalties import (SpectralTailPenalty, feature_tail_energy, nuclear_norm,
                                 projected_tail_energy, resolve_rank, tail_energy, top_singular_value, top_subspace)
 
 

@@ -16,17 +16,17 @@ from torchao.quantization.qat import IntxFakeQuantizeConfig, IntxFakeQuantizer
 from torchao.quantization.quant_primitives import MappingType, choose_qparams_affine, dequantize_affine, quantize_affine
 
 from conftest import MICRO
-from evals.demo import DEMO_MODEL_NAME, register_model_configs
-from quant.api import convert_to_float, quantize_model
-from quant.export import export_int_, load_int, save_int
-from quant.lsq import LSQQuantizer, clamp_steps_, lsq_quantize
-from quant.primitives import EPS, fake_quantize, fake_quantize_weight, qparams_from_minmax, qrange
-from quant.rotation import HadamardRotation, hadamard, rotation_matrix
-from quant.smoothquant import apply_smoothquant
-from quant.spec import QuantSpec, RankSpec, parse_spec
-from quant.surgery import LinearMHA, attention_surgery, is_surgically_changed, list_linear_maps
-from quant.temperature import fit_logit_scale, nll_at
-from quant.truncation import kept_rank, truncate_weight
+from qclip.io.demo import DEMO_MODEL_NAME, register_model_configs
+from qclip.quant.api import convert_to_float, quantize_model
+from qclip.quant.export import export_int_, load_int, save_int
+from qclip.quant.lsq import LSQQuantizer, clamp_steps_, lsq_quantize
+from qclip.quant.primitives import EPS, fake_quantize, fake_quantize_weight, qparams_from_minmax, qrange
+from qclip.quant.rotation import HadamardRotation, hadamard, rotation_matrix
+from qclip.quant.smoothquant import apply_smoothquant
+from qclip.quant.spec import QuantSpec, RankSpec, parse_spec
+from qclip.quant.surgery import LinearMHA, attention_surgery, is_surgically_changed, list_linear_maps
+from qclip.evals.metrics.temperature import fit_logit_scale, nll_at
+from qclip.quant.truncation import kept_rank, truncate_weight
 
 register_model_configs()
 ARCHS = [MICRO, DEMO_MODEL_NAME]
@@ -230,7 +230,7 @@ def test_rotation_leaves_float_function_unchanged(name):
     spec = QuantSpec(w_bits=8, a_bits=None, method="rotation", scope="vision+text")
     rot = copy.deepcopy(ref)
     attention_surgery(rot)
-    from quant.modules import quantize_module_  # rotation alone: fold Hᵀ into W, rotate inputs online
+    from qclip.quant.modules import quantize_module_  # rotation alone: fold Hᵀ into W, rotate inputs online
     for m in list_linear_maps(rot):
         mod = rot.get_submodule(m.name)
         r = HadamardRotation(mod.weight.shape[1], dim=1 if isinstance(mod, nn.Conv2d) else -1)
@@ -413,7 +413,7 @@ def test_float_export_loads_in_stock_open_clip(tmp_path):
 @pytest.mark.parametrize("xshape, sshape", [((6, 40), (6, 1)), ((6, 40), ()), ((4, 8, 5, 5), (8, 1, 1)),
                                             ((4, 8, 5, 5), (4, 1, 1, 1))])
 def test_fused_lsq_equals_autograd_reference(xshape, sshape):
-    from quant.lsq import lsq_quantize_reference
+    from qclip.quant.lsq import lsq_quantize_reference
 
     g = torch.Generator().manual_seed(3)
     x = torch.randn(*xshape, generator=g) * 0.4
@@ -432,7 +432,7 @@ def test_fused_lsq_equals_autograd_reference(xshape, sshape):
 
 @pytest.mark.parametrize("backend", ["lsq", "torchao"])
 def test_prepare_train_convert_qat(backend, tmp_path):
-    from quant.qat import convert_qat, prepare_qat
+    from qclip.quant.qat import convert_qat, prepare_qat
 
     ref = build(MICRO)
     model = copy.deepcopy(ref)
@@ -450,7 +450,7 @@ def test_prepare_train_convert_qat(backend, tmp_path):
     assert changed, "no quantizer scale was trained"
     convert_qat(model.eval())
     kinds = {type(model.get_submodule(m.name)) for m in list_linear_maps(model)}
-    assert kinds <= {nn.Linear, nn.Conv2d, __import__("quant.surgery", fromlist=["x"]).ProjectionLinear}
+    assert kinds <= {nn.Linear, nn.Conv2d, __import__("qclip.quant.surgery", fromlist=["x"]).ProjectionLinear}
     torch.save(model.state_dict(), tmp_path / "qat.pt")
     stock = open_clip.create_model(MICRO)
     stock.load_state_dict(torch.load(tmp_path / "qat.pt", weights_only=True))
@@ -458,7 +458,7 @@ def test_prepare_train_convert_qat(backend, tmp_path):
 
 
 def test_qat_rejects_untrainable_recipes():
-    from quant.qat import prepare_qat
+    from qclip.quant.qat import prepare_qat
 
     with pytest.raises(ValueError, match="cannot be trained"):
         prepare_qat(build(MICRO), "w8a8-smoothquant", calibrator(MICRO))

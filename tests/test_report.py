@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from evals.report import CSV_COLUMNS, findings, tidy_rows, write_report
+from qclip.experiments.report import CSV_COLUMNS, findings, tidy_rows, write_report
 
 OOD = ["wds/ood_a", "wds/ood_b"]
 CORR = ["gaussian_noise:3", "defocus_blur:3"]

@@ -10,9 +10,9 @@ import pytest
 import torch
 from scipy.stats import entropy
 
-from spectral.features import (DEFAULT_BANDS, band_accuracy, band_sqnr, feature_basis, parse_bands, per_rank_sqnr,
+from qclip.spectral.features import (DEFAULT_BANDS, band_accuracy, band_sqnr, feature_basis, parse_bands, per_rank_sqnr,
                                restrict_to_band, truncate_features)
-from spectral.weights import (damping_ratio, effective_rank, error_energy_split, layer_statistics, powerlaw_alpha,
+from qclip.spectral.weights import (damping_ratio, effective_rank, error_energy_split, layer_statistics, powerlaw_alpha,
                               spectral_entropy, stable_rank, svdvals_batched)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 
-from evals.store import ResultsStore, config_hash
+from qclip.io.store import ResultsStore, config_hash
 
 
 def test_config_hash_ignores_key_order():

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-import evals.features as features_mod
-from evals.store import ResultsStore
-from evals.suite import ReliabilitySuite, SuiteConfig, calibration_metrics, ece_after_tuning, map_classes
+import qclip.evals.features as features_mod
+from qclip.io.store import ResultsStore
+from qclip.evals.suite import ReliabilitySuite, SuiteConfig, calibration_metrics, ece_after_tuning, map_classes
 from qclip.cli import main
 
 CONTRACT = {"acc1", "acc5", "ece", "ece_adaptive", "mce", "nll", "brier", "ece_ts", "ood", "corruptions"}
@@ -35,7 +35,7 @@ def test_ece_after_tuning_fixes_a_wrong_temperature():
     g = torch.Generator().manual_seed(0)
     cos = torch.rand(6000, 10, generator=g) * 0.5
     labels = torch.multinomial(torch.softmax(20.0 * cos, 1), 1, generator=g).squeeze(1)
-    from evals.metrics import ece
+    from qclip.evals.metrics import ece
 
     wrong = ece((100.0 * cos).softmax(-1), labels)  # over-confident temperature
     tuned = ece_after_tuning(cos, labels, seed=0)

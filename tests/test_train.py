@@ -6,10 +6,10 @@ import lightning as L
 import pytest
 import torch
 
-from quant.modules import is_quantized
-from train.data import CaptionedWds, PairDataModule, TokenizeCollate
-from train.losses import feature_spectral_penalty
-from train.module import QATCLIPModule, is_quantizer_parameter
+from qclip.quant.modules import is_quantized
+from qclip.train.data import CaptionedWds, PairDataModule, TokenizeCollate
+from qclip.train.losses import feature_spectral_penalty
+from qclip.train.module import QATCLIPModule, is_quantizer_parameter
 
 
 def _fit(model_src, data_root, tmp_path, steps=5, **kw):
@@ -25,7 +25,7 @@ def _fit(model_src, data_root, tmp_path, steps=5, **kw):
 
 
 def test_captions_use_text_or_epoch_dependent_templates(data_root):
-    from evals.data import resolve_dataset
+    from qclip.io.data import resolve_dataset
 
     spec = resolve_dataset("wds/cifar10", str(data_root), "train")
     ds = CaptionedWds(spec.shards, None, 40, spec.classnames, spec.templates, seed=0)

@@ -7,8 +7,9 @@ import pytest
 import torch
 from sklearn.metrics import top_k_accuracy_score
 
-from evals.paths import cache_dir
-from evals.zeroshot import (build_zero_shot_classifier, extract_image_features, text_tower_fingerprint,
+from qclip.io.paths import cache_dir
+from qclip.evals.features import extract_image_features
+from qclip.evals.zeroshot import (build_zero_shot_classifier, text_tower_fingerprint,
                             topk_accuracy, zero_shot_classifier, zero_shot_logits)
 
 CLASSES = ["cat", "dog", "small red car"]

@@ -9,8 +9,8 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
-from spectral.features import band_sqnr, feature_basis, parse_bands, per_rank_sqnr
-from spectral.penalties import tail_energy
+from qclip.spectral.features import band_sqnr, feature_basis, parse_bands, per_rank_sqnr
+from qclip.spectral.penalties import tail_energy
 
 __all__ = ["SpectralDiagnostics", "ExportQAT"]
 
@@ -26,7 +26,7 @@ class SpectralDiagnostics(L.Callback):
 
     @torch.no_grad()
     def on_fit_start(self, trainer, pl_module) -> None:
-        from evals.models import load_model
+        from qclip.io.models import load_model
 
         dm = trainer.datamodule
         if dm is None or not hasattr(dm, "calibration_batches"):
@@ -76,10 +76,10 @@ class ExportQAT(L.Callback):
 
     @rank_zero_only
     def on_fit_end(self, trainer, pl_module) -> None:
-        from evals.models import model_config, save_open_clip_dir
-        from quant.export import export_int_, save_int
-        from quant.qat import convert_qat
-        from quant.spec import parse_spec
+        from qclip.io.models import model_config, save_open_clip_dir
+        from qclip.quant.export import export_int_, save_int
+        from qclip.quant.qat import convert_qat
+        from qclip.quant.spec import parse_spec
 
         out = Path(self.dirpath or Path(trainer.default_root_dir) / "export")
         model_cfg, preprocess_cfg = model_config(pl_module.hparams.model)

@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from evals.data import WdsImageDataset, make_loader, resolve_dataset
+from qclip.io.data import WdsImageDataset, make_loader, resolve_dataset
 
 __all__ = ["template_index", "CaptionedWds", "TokenizeCollate", "PairDataModule"]
 

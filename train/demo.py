@@ -21,9 +21,9 @@ from open_clip.loss import ClipLoss
 from torch.utils.data import DataLoader, TensorDataset
 from torchvision.transforms import PILToTensor
 
-from evals.data import WdsImageDataset, resolve_dataset
-from evals.demo import DEMO_MODEL_NAME, demo_dir, demo_model_config, is_trained, register_model_configs
-from evals.models import save_open_clip_dir
+from qclip.io.data import WdsImageDataset, resolve_dataset
+from qclip.io.demo import DEMO_MODEL_NAME, demo_dir, demo_model_config, is_trained, register_model_configs
+from qclip.io.models import save_open_clip_dir
 
 __all__ = ["DemoRecipe", "DemoPretrainModule", "random_crop_flip", "load_uint8_images", "pretrain_demo",
            "ensure_demo_model"]
@@ -157,8 +157,8 @@ def pretrain_demo(out_dir: str | Path | None = None, recipe: DemoRecipe | None =
             "open_clip": open_clip.__version__, "torch": torch.__version__}
     save_open_clip_dir(model, model_cfg, out_dir)
     if evaluate:
-        from evals.harness import evaluate_zero_shot
-        from evals.models import load_model
+        from qclip.evals.zeroshot import evaluate_zero_shot
+        from qclip.io.models import load_model
 
         loaded = load_model(f"local-dir:{out_dir}")
         test = resolve_dataset("wds/cifar10", data_root, "test")

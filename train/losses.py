@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 
-from spectral.penalties import feature_tail_energy
+from qclip.spectral.penalties import feature_tail_energy
 
 __all__ = ["contrastive_loss", "distill_mse", "feature_spectral_penalty"]
 

@@ -20,10 +20,10 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from evals.metrics import ece, softmax_probs
-from evals.models import load_model
-from evals.zeroshot import build_zero_shot_classifier, topk_accuracy
-from spectral.penalties import SpectralTailPenalty
+from qclip.evals.metrics import ece, softmax_probs
+from qclip.io.models import load_model
+from qclip.evals.zeroshot import build_zero_shot_classifier, topk_accuracy
+from qclip.spectral.penalties import SpectralTailPenalty
 
 from .losses import contrastive_loss, distill_mse, feature_spectral_penalty
 
@@ -76,7 +76,7 @@ class QATCLIPModule(L.LightningModule):
         if hp.distill_weight > 0:
             self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False)
         if hp.quant:
-            from quant.qat import prepare_qat
+            from qclip.quant.qat import prepare_qat
 
             def calibrate(model):
                 for images in calib:
@@ -86,7 +86,7 @@ class QATCLIPModule(L.LightningModule):
             self._penalised = [m.name for m in report.maps if m.role != "patch_embed"]
         if hp.spectral_on in ("weights", "both"):
             if not self._penalised:
-                from quant.surgery import attention_surgery, list_linear_maps
+                from qclip.quant.surgery import attention_surgery, list_linear_maps
 
                 self._penalised = [m.name for m in list_linear_maps(attention_surgery(self.model))
                                    if m.tower == "vision" and m.role != "patch_embed"]
@@ -154,7 +154,7 @@ class QATCLIPModule(L.LightningModule):
         with torch.no_grad():
             self.model.logit_scale.clamp_(0, math.log(100))
         if self.hparams.quant and self.hparams.backend == "lsq":
-            from quant.lsq import clamp_steps_  # here, so importing train.module does not load torchao
+            from qclip.quant.lsq import clamp_steps_  # here, so importing train.module does not load torchao
 
             clamp_steps_(self.model)  # LSQ steps stay positive, whatever the scale learning rate
 

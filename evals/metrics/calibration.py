@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..paths import atomic_write_bytes
+from qclip.io.paths import atomic_write_bytes
 
 __all__ = ["softmax_probs", "ece", "ece_floor", "adaptive_ece", "mce", "nll", "brier", "reliability_bins",
            "plot_reliability"]

@@ -1,36 +1,18 @@
-"""Calibration data for quantization (not calibration metrics): a few image batches and the class prompts."""
+"""Model variants an evaluation runs: quantized or rank-truncated copies of a loaded model, calibrated on a
+dataset's images and class prompts (the glue between `qclip.quant` and loaded models). Writes nothing."""
 
 from __future__ import annotations
 
-import logging
-from itertools import islice
 from typing import Callable
 
 import torch
 from torch import nn
 
-from .data import DatasetSpec, make_loader, resolve_dataset
-from .errors import DataError
-from .models import LoadedModel
+from qclip.io.calibration import calibration_images
+from qclip.io.data import DatasetSpec
+from qclip.io.models import LoadedModel
 
-__all__ = ["calibration_images", "make_calibrator", "parse_quant_arg", "quantize_loaded"]
-
-log = logging.getLogger(__name__)
-
-
-def calibration_images(spec: DatasetSpec, preprocess: Callable, *, batches: int = 8, batch_size: int = 64,
-                       data_root: str | None = None, num_workers: int = 0) -> list[torch.Tensor]:
-    """The first `batches` batches of the dataset's train split (its eval split when it has no train split)."""
-    calib = spec
-    if spec.kind == "wds" and spec.split != "train":
-        try:
-            calib = resolve_dataset(spec.name, data_root, "train")
-        except DataError:
-            log.warning("%s has no train split: calibrating on the first %d images of its %s split",
-                        spec.name, batches * batch_size, spec.split)
-    loader = make_loader(calib, preprocess, batch_size=batch_size, num_workers=num_workers,
-                         limit=batches * batch_size)
-    return [images for images, _ in islice(loader, batches)]
+__all__ = ["make_calibrator", "parse_quant_arg", "quantize_loaded"]
 
 
 def make_calibrator(loaded: LoadedModel, spec: DatasetSpec, *, batches: int = 8, batch_size: int = 64,
@@ -55,9 +37,9 @@ def make_calibrator(loaded: LoadedModel, spec: DatasetSpec, *, batches: int = 8,
 
 def parse_quant_arg(text: str):
     """Parse a quantization/truncation spec given by a user; a bad one is a `QclipInputError` (exit 2)."""
-    from quant.spec import parse_spec
+    from qclip.quant.spec import parse_spec
 
-    from .errors import QclipInputError
+    from qclip.io.errors import QclipInputError
 
     try:
         return parse_spec(text)
@@ -74,7 +56,7 @@ def quantize_loaded(fp: LoadedModel, spec_text: str, dataset: DatasetSpec, *, de
     loaded over the calibrated ones, so the model is the QAT model as trained."""
     import copy
 
-    from quant.api import quantize_model
+    from qclip.quant.api import quantize_model
 
     spec = parse_quant_arg(spec_text)
     loaded = fp._replace(model=copy.deepcopy(fp.model))
@@ -93,8 +75,8 @@ def quantize_loaded(fp: LoadedModel, spec_text: str, dataset: DatasetSpec, *, de
 
 def _load_quantizer_state(model: torch.nn.Module, checkpoint: str) -> None:
     """Copy a QAT checkpoint's quantizer tensors (LSQ steps, activation scales) into a prepared model."""
-    from .errors import ModelLoadError
-    from .models import read_state_dict
+    from qclip.io.errors import ModelLoadError
+    from qclip.io.models import read_state_dict
 
     sd = read_state_dict(checkpoint)
     own = model.state_dict()

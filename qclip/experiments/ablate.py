@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 
 from .grid import Cell, GridConfig, expand_cells, shard_cells, spec_string
-from .models import LoadedModel, load_model
-from .store import ResultsStore, config_hash
-from .suite import ReliabilitySuite, SuiteConfig, numeric_metrics, spurious_changes
-from .zeroshot import model_fingerprint
+from qclip.io.models import LoadedModel, load_model
+from qclip.io.store import ResultsStore, config_hash
+from qclip.evals.suite import ReliabilitySuite, SuiteConfig, numeric_metrics, spurious_changes
+from qclip.evals.zeroshot import model_fingerprint
 
 __all__ = ["run_grid", "cell_hash", "load_records", "merge_results", "write_grid_report", "matched_truncation",
            "weight_summary", "feature_summary", "SCHEMA"]
@@ -59,7 +59,7 @@ def merge_results(cfg: GridConfig, out: str | os.PathLike) -> tuple[list[dict], 
     cells still missing."""
     import json
 
-    from .paths import atomic_write_text
+    from qclip.io.paths import atomic_write_text
 
     stored = load_records(out)
     records, missing = [], []
@@ -84,11 +84,11 @@ def matched_truncation(fp: LoadedModel, spec_text: str) -> tuple[LoadedModel, di
 
     Each map in the spec's scope keeps the smallest rank whose relative Frobenius error does not exceed the
     relative error of its quantized weight (activations play no part: only the weight quantizer is applied)."""
-    from quant.api import quantize_model, towers_of
-    from quant.modules import effective_weight
-    from quant.spec import parse_spec
-    from quant.surgery import attention_surgery, list_linear_maps
-    from quant.truncation import truncate_to_errors_
+    from qclip.quant.api import quantize_model, towers_of
+    from qclip.quant.modules import effective_weight
+    from qclip.quant.spec import parse_spec
+    from qclip.quant.surgery import attention_surgery, list_linear_maps
+    from qclip.quant.truncation import truncate_to_errors_
 
     spec = parse_spec(spec_text)
     if spec.method == "smoothquant":
@@ -111,14 +111,14 @@ def matched_truncation(fp: LoadedModel, spec_text: str) -> tuple[LoadedModel, di
 
 def _build_variant(cell: Cell, fp: LoadedModel, suite: ReliabilitySuite, cfg: GridConfig, device: str,
                    data_root: str | None) -> tuple[LoadedModel, dict | None]:
-    from .calib_data import quantize_loaded
+    from qclip.evals.variants import quantize_loaded
 
     if cell.kind == "fp":
         return fp, None
     if cell.kind == "rank-match":
         return matched_truncation(fp, spec_string(cell))
     if cell.kind == "qat":
-        from quant.spec import parse_spec
+        from qclip.quant.spec import parse_spec
 
         tuned = load_model(cell.checkpoint, device=device, precision=cfg.precision)
         spec = str(parse_spec(next(q.spec for q in cfg.qat if f"qat:{q.name}" == cell.variant)))
@@ -133,8 +133,8 @@ class _FpWeights:
     """The FP model's linear maps (after attention surgery) and their singular values, computed once."""
 
     def __init__(self, fp: LoadedModel):
-        from quant.surgery import attention_surgery, list_linear_maps
-        from spectral.weights import svdvals_batched
+        from qclip.quant.surgery import attention_surgery, list_linear_maps
+        from qclip.spectral.weights import svdvals_batched
 
         model = attention_surgery(copy.deepcopy(fp.model))
         self.maps = {m.name: m for m in list_linear_maps(model)}
@@ -146,8 +146,8 @@ class _FpWeights:
 @torch.no_grad()
 def weight_summary(fp_weights: _FpWeights, model: torch.nn.Module, *, bins: int = DAMPING_BINS) -> dict:
     """Relative weight error and binned σ_variant/σ_fp (against rank fraction) over the maps the variant changed."""
-    from quant.modules import effective_weight
-    from spectral.weights import svdvals_batched
+    from qclip.quant.modules import effective_weight
+    from qclip.spectral.weights import svdvals_batched
 
     changed, num, den = {}, 0.0, 0.0
     for name, w in fp_weights.weights.items():
@@ -180,8 +180,8 @@ def feature_summary(fp_feats: torch.Tensor, feats: torch.Tensor, labels: torch.T
     """Per-rank SQNR in the FP feature basis (non-reference variants), band accuracy in the variant's own basis."""
     from scipy.stats import spearmanr
 
-    from spectral.features import band_accuracy, band_sqnr, feature_basis, per_rank_sqnr
-    from spectral.weights import effective_rank
+    from qclip.spectral.features import band_accuracy, band_sqnr, feature_basis, per_rank_sqnr
+    from qclip.spectral.weights import effective_rank
 
     own = feature_basis(feats)
     acc = band_accuracy(feats, labels, classifier, own, bands)
@@ -203,7 +203,7 @@ def feature_summary(fp_feats: torch.Tensor, feats: torch.Tensor, labels: torch.T
 
 # ------------------------------------------------------------------------------------------------- runner
 def _suite_config(cfg: GridConfig, cell: Cell) -> SuiteConfig:
-    from .corruptions import parse_corruptions
+    from qclip.evals.corruptions import parse_corruptions
 
     return SuiteConfig(model=cell.model, pretrained=cell.pretrained, dataset=cfg.dataset, ood=list(cfg.ood),
                        corruptions=parse_corruptions(",".join(cfg.corruptions)) if cfg.corruptions else [],
@@ -216,7 +216,7 @@ class _Group:
     """What the cells of one (model, seed) share: the FP model, its suite, FP metrics, FP weight spectra."""
 
     def __init__(self, cfg: GridConfig, cell: Cell, fp: LoadedModel, **suite_kw):
-        from spectral.features import parse_bands
+        from qclip.spectral.features import parse_bands
 
         self.fp = fp
         self.suite = ReliabilitySuite(_suite_config(cfg, cell), **suite_kw)
@@ -239,8 +239,8 @@ class _Group:
 
 
 def _evaluate_cell(cfg: GridConfig, cell: Cell, group: _Group, device: str, data_root: str | None) -> dict:
-    from .results import versions
-    from .zeroshot import zero_shot_classifier
+    from qclip.io.results import versions
+    from qclip.evals.zeroshot import zero_shot_classifier
 
     t0 = time.perf_counter()
     variant, report = _build_variant(cell, group.fp, group.suite, cfg, device, data_root)
@@ -250,7 +250,7 @@ def _evaluate_cell(cfg: GridConfig, cell: Cell, group: _Group, device: str, data
     metrics = fp_metrics if cell.kind == "fp" else group.suite.evaluate(variant, key=key)
     delta = None
     if cell.kind != "fp":
-        from .metrics import relative_changes
+        from qclip.evals.metrics import relative_changes
 
         spurious_changes(fp_metrics, metrics)
         delta = relative_changes(numeric_metrics(fp_metrics), numeric_metrics(metrics))

@@ -19,9 +19,9 @@ from statistics import median
 
 from matplotlib.figure import Figure
 
-from spectral.plots import plot_band_accuracy, save_figure
+from qclip.spectral.plots import plot_band_accuracy, save_figure
 
-from .paths import atomic_write_text
+from qclip.io.paths import atomic_write_text
 
 __all__ = ["findings", "tidy_rows", "write_report"]
 
@@ -434,7 +434,7 @@ def _scatter(ctx: _Ctx) -> Figure | None:
 
 
 def _reliability(ctx: _Ctx) -> list[str]:
-    from .metrics.calibration import plot_reliability
+    from qclip.evals.metrics.calibration import plot_reliability
 
     links = []
     for rec in ctx.records:

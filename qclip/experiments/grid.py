@@ -12,7 +12,7 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from .errors import QclipInputError
+from qclip.io.errors import QclipInputError
 
 __all__ = ["GridConfig", "Cell", "QatEntry", "load_grid", "expand_cells", "parse_shard", "shard_cells", "spec_string",
            "grid_data_root"]
@@ -84,9 +84,9 @@ class GridConfig:
     data_root: str | None = None  # used when neither --data-root nor $QCLIP_DATA_ROOT is given
 
     def __post_init__(self):
-        from quant.spec import SCOPES, parse_spec
+        from qclip.quant.spec import SCOPES, parse_spec
 
-        from .corruptions import parse_corruptions
+        from qclip.evals.corruptions import parse_corruptions
 
         if not self.models:
             raise QclipInputError("grid: 'models' is empty")
@@ -196,7 +196,7 @@ def _bits(spec) -> str:
 
 def expand_cells(cfg: GridConfig) -> list[Cell]:
     """Every cell in a fixed order: per model and seed, FP, PTQ specs, matched truncations, truncations, QAT."""
-    from quant.spec import parse_spec
+    from qclip.quant.spec import parse_spec
 
     cells = []
     for model in cfg.models:

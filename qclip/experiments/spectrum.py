@@ -22,15 +22,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from spectral.features import (band_accuracy, band_name, band_sqnr, feature_basis, parse_bands, per_rank_sqnr)
-from spectral.plots import plot_band_accuracy, plot_sigma_spectra, plot_sqnr
-from spectral.weights import damping_ratio, effective_rank, error_energy_split, layer_statistics, svdvals_batched
+from qclip.spectral.features import (band_accuracy, band_name, band_sqnr, feature_basis, parse_bands, per_rank_sqnr)
+from qclip.spectral.plots import plot_band_accuracy, plot_sigma_spectra, plot_sqnr
+from qclip.spectral.weights import damping_ratio, effective_rank, error_energy_split, layer_statistics, svdvals_batched
 
-from .calib_data import quantize_loaded
-from .data import resolve_dataset
-from .features import dataset_features
-from .models import LoadedModel, load_model
-from .zeroshot import model_fingerprint, zero_shot_classifier
+from qclip.evals.variants import quantize_loaded
+from qclip.io.data import resolve_dataset
+from qclip.evals.features import dataset_features
+from qclip.io.models import LoadedModel, load_model
+from qclip.evals.zeroshot import model_fingerprint, zero_shot_classifier
 
 __all__ = ["SpectrumConfig", "weight_spectra", "run_spectrum"]
 
@@ -71,8 +71,8 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 def weight_spectra(fp_model: torch.nn.Module, other: torch.nn.Module | None, *, method: str = "svd",
                    top_fraction: float = 0.1) -> tuple[list[dict], list[dict]]:
     """Per-layer statistics and per-index σ rows for every linear map (FP vs `other` when given)."""
-    from quant.modules import effective_weight
-    from quant.surgery import attention_surgery, list_linear_maps
+    from qclip.quant.modules import effective_weight
+    from qclip.quant.surgery import attention_surgery, list_linear_maps
 
     fp_model = attention_surgery(copy.deepcopy(fp_model))
     maps = list_linear_maps(fp_model)
@@ -244,12 +244,12 @@ def _frequency_analysis(cfg, variants, spec, out: Path, device) -> dict:
     """Radial FFT energy of feature maps (FP vs others) and accuracy under low/mid/high-frequency noise."""
     from itertools import islice
 
-    from spectral.frequency import BANDS, band_energy_fractions, perturb_band, radial_energy, radial_frequencies, \
+    from qclip.spectral.frequency import BANDS, band_energy_fractions, perturb_band, radial_energy, radial_frequencies, \
         tokens_to_grid
-    from spectral.plots import plot_radial_profiles
+    from qclip.spectral.plots import plot_radial_profiles
 
-    from .data import make_loader
-    from .features import split_normalize
+    from qclip.io.data import make_loader
+    from qclip.evals.features import split_normalize
 
     fp = variants["fp"]
     to_tensor, norm = split_normalize(fp.preprocess)
