@@ -12,9 +12,11 @@ import torch.nn.functional as F
 from sklearn.metrics import average_precision_score, log_loss, roc_auc_score
 from torchmetrics.classification import MulticlassCalibrationError
 
+from qclip.experiments.plots import plot_reliability
+
 from qclip.evals.metrics import (SCORE_INPUTS, SCORES, adaptive_ece, aupr, auroc, bootstrap_ci, bootstrap_ci_two_sample,
                            brier, delta_rsg, ece, ece_floor, energy_score, fpr_at_95_tpr, max_logit_score, mce,
-                           mcm_score, msp_score, neg_entropy_score, nll, ood_metrics, plot_reliability, relative_change,
+                           mcm_score, msp_score, neg_entropy_score, nll, ood_metrics, relative_change,
                            relative_changes, reliability_bins, rsg, softmax_probs, vuln_add)
 
 

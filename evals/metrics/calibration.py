@@ -1,6 +1,6 @@
-"""Top-label calibration metrics (ECE, adaptive ECE, MCE, NLL, Brier) and reliability diagrams.
+"""Top-label calibration metrics (ECE, adaptive ECE, MCE, NLL, Brier) and reliability-diagram bins. Writes nothing.
 
-Convention (DESIGN.md, "Two softmaxes, named"): calibration is measured on the calibration-convention logits
+Convention (docs/conventions.md, "Two softmaxes"): calibration is measured on the calibration-convention logits
 `logit_scale.exp() * cos`, softmaxed by `softmax_probs`; never on MCM's `softmax(cos / T)`. Functions named
 after probabilities take `probs` [N, C] (rows on the simplex), `nll` takes the logits themselves; `labels` are
 [N] class indices. All reductions run in float64 and return Python floats.
@@ -8,18 +8,13 @@ after probabilities take `probs` [N, C] (rows on the simplex), `nll` takes the l
 
 from __future__ import annotations
 
-import io
 import math
-import os
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from qclip.io.paths import atomic_write_bytes
-
 __all__ = ["softmax_probs", "ece", "ece_floor", "adaptive_ece", "mce", "nll", "brier", "reliability_bins",
-           "plot_reliability"]
+           "ece_from_bins"]
 
 _SIMPLEX_ATOL = 1e-3  # float16/bfloat16 softmax rows are off by a few 1e-4
 
@@ -163,42 +158,9 @@ def reliability_bins(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15
             "accuracy": acc, "confidence": mean_conf}
 
 
-def _ece_from_bins(bins: dict[str, list]) -> float:
+def ece_from_bins(bins: dict[str, list]) -> float:
+    """ECE of a `reliability_bins` table (count-weighted |accuracy - confidence|)."""
     total = sum(bins["count"])
     if not total:
         return math.nan
     return sum(c * abs(a - f) for c, a, f in zip(bins["count"], bins["accuracy"], bins["confidence"]) if c) / total
-
-
-def plot_reliability(bins: dict[str, list], path: str | os.PathLike, title: str | None = None) -> Path:
-    """Write a reliability diagram PNG (accuracy bars, gap to mean confidence, diagonal, ECE in the title)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: leaves the global backend alone
-    from matplotlib.figure import Figure
-
-    lower, upper = bins["lower"], bins["upper"]
-    full = [i for i, c in enumerate(bins["count"]) if c]
-    centers = [(lower[i] + upper[i]) / 2 for i in full]
-    widths = [upper[i] - lower[i] for i in full]
-    acc = [bins["accuracy"][i] for i in full]
-    conf = [bins["confidence"][i] for i in full]
-
-    fig = Figure(figsize=(4.5, 4.5), dpi=120)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    ax.bar(centers, acc, width=widths, color="tab:blue", edgecolor="black", linewidth=0.6, label="accuracy")
-    ax.bar(centers, [abs(a - c) for a, c in zip(acc, conf)], bottom=[min(a, c) for a, c in zip(acc, conf)],
-           width=widths, color="tab:red", alpha=0.3, edgecolor="tab:red", hatch="//", linewidth=0.6, label="gap")
-    ax.plot([0, 1], [0, 1], "--", color="gray", linewidth=1, label="perfect calibration")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("confidence (top-label)")
-    ax.set_ylabel("accuracy")
-    ax.set_aspect("equal")
-    ax.legend(loc="upper left", fontsize=8)
-    head = f"{title}\n" if title else ""
-    ax.set_title(f"{head}ECE = {_ece_from_bins(bins):.4f} (N = {sum(bins['count'])}, {len(lower)} bins)", fontsize=10)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    atomic_write_bytes(path, buf.getvalue())
-    return Path(path)

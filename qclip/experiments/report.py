@@ -19,7 +19,7 @@ from statistics import median
 
 from matplotlib.figure import Figure
 
-from qclip.spectral.plots import plot_band_accuracy, save_figure
+from .plots import plot_band_accuracy, save_figure
 
 from qclip.io.paths import atomic_write_text
 
@@ -434,7 +434,7 @@ def _scatter(ctx: _Ctx) -> Figure | None:
 
 
 def _reliability(ctx: _Ctx) -> list[str]:
-    from qclip.evals.metrics.calibration import plot_reliability
+    from .plots import plot_reliability
 
     links = []
     for rec in ctx.records:

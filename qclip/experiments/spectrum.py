@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from qclip.spectral.features import (band_accuracy, band_name, band_sqnr, feature_basis, parse_bands, per_rank_sqnr)
-from qclip.spectral.plots import plot_band_accuracy, plot_sigma_spectra, plot_sqnr
+from .plots import plot_band_accuracy, plot_sigma_spectra, plot_sqnr
 from qclip.spectral.weights import damping_ratio, effective_rank, error_energy_split, layer_statistics, svdvals_batched
 
 from qclip.evals.variants import quantize_loaded
@@ -246,7 +246,7 @@ def _frequency_analysis(cfg, variants, spec, out: Path, device) -> dict:
 
     from qclip.spectral.frequency import BANDS, band_energy_fractions, perturb_band, radial_energy, radial_frequencies, \
         tokens_to_grid
-    from qclip.spectral.plots import plot_radial_profiles
+    from .plots import plot_radial_profiles
 
     from qclip.io.data import make_loader
     from qclip.evals.features import split_normalize

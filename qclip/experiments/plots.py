@@ -1,4 +1,5 @@
-"""PNG figures of the spectral analyses (matplotlib Agg canvas; no global pyplot state)."""
+"""Every PNG figure qclip draws: spectra, per-rank SQNR, band accuracy, FFT profiles, reliability diagrams, and
+the report's line plots (matplotlib Agg canvas; no global pyplot state). Each `plot_*` writes one PNG, atomically."""
 
 from __future__ import annotations
 
@@ -9,7 +10,11 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["plot_sigma_spectra", "plot_sqnr", "plot_band_accuracy", "plot_radial_profiles", "save_figure"]
+from qclip.evals.metrics.calibration import ece_from_bins
+from qclip.io.paths import atomic_write_bytes
+
+__all__ = ["plot_sigma_spectra", "plot_sqnr", "plot_band_accuracy", "plot_radial_profiles", "plot_reliability",
+           "save_figure"]
 
 
 def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
@@ -88,3 +93,34 @@ def plot_radial_profiles(profiles: dict[str, list[float]], freqs: list[float], p
     ax.legend(fontsize=8)
     ax.set_title(title or "2D FFT radial energy of feature maps")
     return save_figure(fig, path)
+
+
+def plot_reliability(bins: dict[str, list], path: str | os.PathLike, title: str | None = None) -> Path:
+    """Write a reliability diagram PNG (accuracy bars, gap to mean confidence, diagonal, ECE in the title)."""
+    lower, upper = bins["lower"], bins["upper"]
+    full = [i for i, c in enumerate(bins["count"]) if c]
+    centers = [(lower[i] + upper[i]) / 2 for i in full]
+    widths = [upper[i] - lower[i] for i in full]
+    acc = [bins["accuracy"][i] for i in full]
+    conf = [bins["confidence"][i] for i in full]
+
+    fig = Figure(figsize=(4.5, 4.5), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.bar(centers, acc, width=widths, color="tab:blue", edgecolor="black", linewidth=0.6, label="accuracy")
+    ax.bar(centers, [abs(a - c) for a, c in zip(acc, conf)], bottom=[min(a, c) for a, c in zip(acc, conf)],
+           width=widths, color="tab:red", alpha=0.3, edgecolor="tab:red", hatch="//", linewidth=0.6, label="gap")
+    ax.plot([0, 1], [0, 1], "--", color="gray", linewidth=1, label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top-label)")
+    ax.set_ylabel("accuracy")
+    ax.set_aspect("equal")
+    ax.legend(loc="upper left", fontsize=8)
+    head = f"{title}\n" if title else ""
+    ax.set_title(f"{head}ECE = {ece_from_bins(bins):.4f} (N = {sum(bins['count'])}, {len(lower)} bins)", fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
