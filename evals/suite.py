@@ -16,15 +16,32 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .variants import quantize_loaded
 from qclip.io.data import DatasetSpec, resolve_dataset
 from qclip.io.errors import DataError
-from .features import DecodedImages, dataset_features
-from .metrics import (SCORE_INPUTS, SCORES, adaptive_ece, auroc, bootstrap_ci, bootstrap_ci_two_sample, brier,
-                      delta_rsg, ece, ece_floor, mce, nll, ood_metrics, relative_changes, reliability_bins, rsg,
-                      vuln_add)
 from qclip.io.models import LoadedModel, load_model
 from qclip.io.store import config_hash
+
+from .features import DecodedImages, dataset_features
+from .metrics import (
+    SCORE_INPUTS,
+    SCORES,
+    adaptive_ece,
+    auroc,
+    bootstrap_ci,
+    bootstrap_ci_two_sample,
+    brier,
+    delta_rsg,
+    ece,
+    ece_floor,
+    mce,
+    nll,
+    ood_metrics,
+    relative_changes,
+    reliability_bins,
+    rsg,
+    vuln_add,
+)
+from .variants import quantize_loaded
 from .zeroshot import model_fingerprint, topk_accuracy, zero_shot_classifier
 
 __all__ = ["SuiteConfig", "ReliabilitySuite", "calibration_metrics", "ece_after_tuning", "map_classes",

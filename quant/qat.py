@@ -14,7 +14,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .api import Calibrator, QuantReport, convert_to_float, quantize_maps_, quantize_model, towers_of
+from .api import (
+    Calibrator,
+    QuantReport,
+    convert_to_float,
+    quantize_maps_,
+    quantize_model,
+    towers_of,
+)
 from .spec import QuantSpec, parse_spec
 from .surgery import attention_surgery, list_linear_maps
 
@@ -59,7 +66,11 @@ def prepare_qat(model: nn.Module, spec: QuantSpec | str, calibrate: Calibrator |
     if spec.granularity == "per_tensor":
         raise ValueError("the torchao backend quantizes weights per channel or per group")
     from torchao.quantization import quantize_
-    from torchao.quantization.qat import IntxFakeQuantizeConfig, QATConfig, initialize_fake_quantizers
+    from torchao.quantization.qat import (
+        IntxFakeQuantizeConfig,
+        QATConfig,
+        initialize_fake_quantizers,
+    )
 
     attention_surgery(model)
     names = {m.name for m in list_linear_maps(model, include_conv=False) if m.tower in towers_of(spec.scope)}

@@ -16,9 +16,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from qclip.io.errors import QclipInputError
-from qclip.experiments.grid import GridConfig, expand_cells, load_grid, parse_shard, shard_cells
 from qclip.cli import main
+from qclip.experiments.grid import (
+    GridConfig,
+    expand_cells,
+    load_grid,
+    parse_shard,
+    shard_cells,
+)
+from qclip.io.errors import QclipInputError
 
 RUNTIME_KEYS = ("seconds", "timings", "written_at", "versions")
 
@@ -125,9 +131,10 @@ def test_bad_grid_is_input_error(tmp_path, content, match):
 
 # ------------------------------------------------------------------------------------------ matched truncation
 def test_matched_truncation_keeps_the_smallest_rank_within_the_quant_error(micro_model):
-    from qclip.experiments.ablate import matched_truncation
     from qclip.quant.modules import effective_weight
     from qclip.quant.surgery import attention_surgery
+
+    from qclip.experiments.ablate import matched_truncation
 
     variant, report = matched_truncation(micro_model, "w4a8")
     fp = attention_surgery(micro_model.model)
@@ -146,12 +153,12 @@ def test_matched_truncation_keeps_the_smallest_rank_within_the_quant_error(micro
 
 
 def test_weight_summary_of_a_truncation(micro_model):
-    from qclip.experiments.ablate import _FpWeights, weight_summary
     from qclip.evals.variants import quantize_loaded
-
     from qclip.quant.surgery import attention_surgery
 
-    ref = _FpWeights(micro_model)
+    from qclip.experiments.analysis import FpWeights, weight_summary
+
+    ref = FpWeights(micro_model.model)
     same = weight_summary(ref, attention_surgery(copy.deepcopy(micro_model.model)))
     assert same["weight_maps"] == 0 and same["weight_rel_error"] == 0.0 and same["damping"] is None
     truncated, _ = quantize_loaded(micro_model, "rank-f0.5", None)  # truncation needs no calibration data
@@ -286,8 +293,9 @@ def test_grid_data_root_is_relative_to_the_config_and_yields_to_flags_and_env(tm
 @pytest.mark.parametrize("corruption", [None, ("gaussian_noise", 3)])
 def test_decoded_image_cache_gives_the_same_features(micro_model, data_root, monkeypatch, corruption):
     import qclip.evals.features as features
-    from qclip.io.data import resolve_dataset
     from qclip.evals.features import DecodedImages, dataset_features
+
+    from qclip.io.data import resolve_dataset
 
     spec = resolve_dataset("wds/cifar10", str(data_root), "test")
     kw = dict(model_key="k", corruption=corruption, limit=40, batch_size=16, num_workers=0, progress=False,
@@ -305,8 +313,9 @@ def test_decoded_image_cache_gives_the_same_features(micro_model, data_root, mon
 
 
 def test_decoded_image_cache_respects_its_budget(micro_model, data_root):
-    from qclip.io.data import resolve_dataset
     from qclip.evals.features import DecodedImages, split_normalize
+
+    from qclip.io.data import resolve_dataset
 
     spec = resolve_dataset("wds/cifar10", str(data_root), "test")
     raw = split_normalize(micro_model.preprocess)[0]

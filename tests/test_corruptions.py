@@ -14,9 +14,18 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
-from qclip.evals.corruptions import (CIFAR_PARAMS, CORRUPTIONS, IMAGENET_PARAMS, SEVERITIES, _motion_blur, corrupt,
-                               hsv_to_rgb, parse_corruptions, resolve_params, rgb_to_hsv)
+from qclip.evals.corruptions import (
+    CIFAR_PARAMS,
+    CORRUPTIONS,
+    IMAGENET_PARAMS,
+    SEVERITIES,
+    _motion_blur,
+    corrupt,
+    hsv_to_rgb,
+    parse_corruptions,
+    resolve_params,
+    rgb_to_hsv,
+)
 
 NAMES = list(CORRUPTIONS)
 RANDOM = ["gaussian_noise", "shot_noise", "impulse_noise", "motion_blur"]

@@ -7,10 +7,15 @@ import json
 import open_clip
 import pytest
 import torch
+from qclip.train.demo import (
+    DemoRecipe,
+    ensure_demo_model,
+    pretrain_demo,
+    random_crop_flip,
+)
 
 from qclip.io.demo import DEMO_MODEL_NAME, WEIGHTS_FILE, demo_dir, is_trained
 from qclip.io.models import load_model
-from qclip.train.demo import DemoRecipe, ensure_demo_model, pretrain_demo, random_crop_flip
 
 TINY = dict(max_steps=2, limit=256, batch_size=64)
 

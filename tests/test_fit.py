@@ -96,6 +96,7 @@ def test_ddp_two_cpu_processes(micro_dir, tmp_path):
 
 def test_eval_of_a_qat_checkpoint_uses_its_trained_steps(micro_dir, data_root, tmp_path):
     from qclip.evals.variants import quantize_loaded
+
     from qclip.io.data import resolve_dataset
     from qclip.io.models import load_model
 

@@ -7,9 +7,16 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from qclip.spectral.frequency import (BANDS, band_energy_fractions, band_limited_noise, band_mask, perturb_band,
-                                radial_energy, radial_frequencies, tokens_to_grid)
+from qclip.spectral.frequency import (
+    BANDS,
+    band_energy_fractions,
+    band_limited_noise,
+    band_mask,
+    perturb_band,
+    radial_energy,
+    radial_frequencies,
+    tokens_to_grid,
+)
 
 
 def _np_radius(h: int, w: int) -> np.ndarray:

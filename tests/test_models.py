@@ -9,9 +9,9 @@ import lightning as L
 import open_clip
 import pytest
 import torch
+from conftest import MICRO
 from safetensors.torch import save_file
 
-from conftest import MICRO
 from qclip.io.errors import ModelLoadError
 from qclip.io.models import load_model, read_state_dict, save_open_clip_dir
 

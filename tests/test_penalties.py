@@ -7,9 +7,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from qclip.spectral.penalties import (SpectralTailPenalty, feature_tail_energy, nuclear_norm,
-                                projected_tail_energy, resolve_rank, tail_energy, top_singular_value, top_subspace)
+from qclip.spectral.penalties import (
+    SpectralTailPenalty,
+    feature_tail_energy,
+    nuclear_norm,
+    projected_tail_energy,
+    resolve_rank,
+    tail_energy,
+    top_singular_value,
+    top_subspace,
+)
 
 
 def _gen(seed: int) -> torch.Generator:

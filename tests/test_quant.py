@@ -10,23 +10,39 @@ import numpy as np
 import open_clip
 import pytest
 import torch
-from scipy.optimize import minimize_scalar
-from torch import nn
-from torchao.quantization.qat import IntxFakeQuantizeConfig, IntxFakeQuantizer
-from torchao.quantization.quant_primitives import MappingType, choose_qparams_affine, dequantize_affine, quantize_affine
-
 from conftest import MICRO
-from qclip.io.demo import DEMO_MODEL_NAME, register_model_configs
+from qclip.evals.metrics.temperature import fit_logit_scale, nll_at
 from qclip.quant.api import convert_to_float, quantize_model
 from qclip.quant.export import export_int_, load_int, save_int
 from qclip.quant.lsq import LSQQuantizer, clamp_steps_, lsq_quantize
-from qclip.quant.primitives import EPS, fake_quantize, fake_quantize_weight, qparams_from_minmax, qrange
+from qclip.quant.primitives import (
+    EPS,
+    fake_quantize,
+    fake_quantize_weight,
+    qparams_from_minmax,
+    qrange,
+)
 from qclip.quant.rotation import HadamardRotation, hadamard, rotation_matrix
 from qclip.quant.smoothquant import apply_smoothquant
 from qclip.quant.spec import QuantSpec, RankSpec, parse_spec
-from qclip.quant.surgery import LinearMHA, attention_surgery, is_surgically_changed, list_linear_maps
-from qclip.evals.metrics.temperature import fit_logit_scale, nll_at
+from qclip.quant.surgery import (
+    LinearMHA,
+    attention_surgery,
+    is_surgically_changed,
+    list_linear_maps,
+)
 from qclip.quant.truncation import kept_rank, truncate_weight
+from scipy.optimize import minimize_scalar
+from torch import nn
+from torchao.quantization.qat import IntxFakeQuantizeConfig, IntxFakeQuantizer
+from torchao.quantization.quant_primitives import (
+    MappingType,
+    choose_qparams_affine,
+    dequantize_affine,
+    quantize_affine,
+)
+
+from qclip.io.demo import DEMO_MODEL_NAME, register_model_configs
 
 register_model_configs()
 ARCHS = [MICRO, DEMO_MODEL_NAME]
@@ -230,7 +246,9 @@ def test_rotation_leaves_float_function_unchanged(name):
     spec = QuantSpec(w_bits=8, a_bits=None, method="rotation", scope="vision+text")
     rot = copy.deepcopy(ref)
     attention_surgery(rot)
-    from qclip.quant.modules import quantize_module_  # rotation alone: fold Hᵀ into W, rotate inputs online
+    from qclip.quant.modules import (
+        quantize_module_,  # rotation alone: fold Hᵀ into W, rotate inputs online
+    )
     for m in list_linear_maps(rot):
         mod = rot.get_submodule(m.name)
         r = HadamardRotation(mod.weight.shape[1], dim=1 if isinstance(mod, nn.Conv2d) else -1)

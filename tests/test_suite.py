@@ -6,12 +6,18 @@ import json
 import math
 
 import pytest
-import torch
-
 import qclip.evals.features as features_mod
-from qclip.io.store import ResultsStore
-from qclip.evals.suite import ReliabilitySuite, SuiteConfig, calibration_metrics, ece_after_tuning, map_classes
+import torch
+from qclip.evals.suite import (
+    ReliabilitySuite,
+    SuiteConfig,
+    calibration_metrics,
+    ece_after_tuning,
+    map_classes,
+)
+
 from qclip.cli import main
+from qclip.io.store import ResultsStore
 
 CONTRACT = {"acc1", "acc5", "ece", "ece_adaptive", "mce", "nll", "brier", "ece_ts", "ood", "corruptions"}
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
-
 from qclip.quant.modules import is_quantized
 from qclip.train.data import CaptionedWds, PairDataModule, TokenizeCollate
 from qclip.train.losses import feature_spectral_penalty

@@ -5,12 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from qclip.evals.features import extract_image_features
+from qclip.evals.zeroshot import (
+    build_zero_shot_classifier,
+    text_tower_fingerprint,
+    topk_accuracy,
+    zero_shot_classifier,
+    zero_shot_logits,
+)
 from sklearn.metrics import top_k_accuracy_score
 
 from qclip.io.paths import cache_dir
-from qclip.evals.features import extract_image_features
-from qclip.evals.zeroshot import (build_zero_shot_classifier, text_tower_fingerprint,
-                            topk_accuracy, zero_shot_classifier, zero_shot_logits)
 
 CLASSES = ["cat", "dog", "small red car"]
 TEMPLATES = ["a photo of a {c}.", "{c}", "a blurry photo of the {c}."]

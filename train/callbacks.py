@@ -8,7 +8,6 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
-
 from qclip.spectral.features import band_sqnr, feature_basis, parse_bands, per_rank_sqnr
 from qclip.spectral.penalties import tail_energy
 
@@ -76,10 +75,11 @@ class ExportQAT(L.Callback):
 
     @rank_zero_only
     def on_fit_end(self, trainer, pl_module) -> None:
-        from qclip.io.models import model_config, save_open_clip_dir
         from qclip.quant.export import export_int_, save_int
         from qclip.quant.qat import convert_qat
         from qclip.quant.spec import parse_spec
+
+        from qclip.io.models import model_config, save_open_clip_dir
 
         out = Path(self.dirpath or Path(trainer.default_root_dir) / "export")
         model_cfg, preprocess_cfg = model_config(pl_module.hparams.model)

@@ -22,7 +22,13 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchvision.transforms import PILToTensor
 
 from qclip.io.data import WdsImageDataset, resolve_dataset
-from qclip.io.demo import DEMO_MODEL_NAME, demo_dir, demo_model_config, is_trained, register_model_configs
+from qclip.io.demo import (
+    DEMO_MODEL_NAME,
+    demo_dir,
+    demo_model_config,
+    is_trained,
+    register_model_configs,
+)
 from qclip.io.models import save_open_clip_dir
 
 __all__ = ["DemoRecipe", "DemoPretrainModule", "random_crop_flip", "load_uint8_images", "pretrain_demo",
@@ -158,6 +164,7 @@ def pretrain_demo(out_dir: str | Path | None = None, recipe: DemoRecipe | None =
     save_open_clip_dir(model, model_cfg, out_dir)
     if evaluate:
         from qclip.evals.zeroshot import evaluate_zero_shot
+
         from qclip.io.models import load_model
 
         loaded = load_model(f"local-dir:{out_dir}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from open_clip.loss import ClipLoss
-
 from qclip.spectral.penalties import feature_tail_energy
 
 __all__ = ["contrastive_loss", "distill_mse", "feature_spectral_penalty"]

@@ -19,11 +19,11 @@ from typing import Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
-
 from qclip.evals.metrics import ece, softmax_probs
-from qclip.io.models import load_model
 from qclip.evals.zeroshot import build_zero_shot_classifier, topk_accuracy
 from qclip.spectral.penalties import SpectralTailPenalty
+
+from qclip.io.models import load_model
 
 from .losses import contrastive_loss, distill_mse, feature_spectral_penalty
 
@@ -154,7 +154,9 @@ class QATCLIPModule(L.LightningModule):
         with torch.no_grad():
             self.model.logit_scale.clamp_(0, math.log(100))
         if self.hparams.quant and self.hparams.backend == "lsq":
-            from qclip.quant.lsq import clamp_steps_  # here, so importing train.module does not load torchao
+            from qclip.quant.lsq import (
+                clamp_steps_,  # here, so importing train.module does not load torchao
+            )
 
             clamp_steps_(self.model)  # LSQ steps stay positive, whatever the scale learning rate
 

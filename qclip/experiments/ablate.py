@@ -18,20 +18,24 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-
-from .grid import Cell, GridConfig, expand_cells, shard_cells, spec_string
-from qclip.io.models import LoadedModel, load_model
-from qclip.io.store import ResultsStore, config_hash
-from qclip.evals.suite import ReliabilitySuite, SuiteConfig, numeric_metrics, spurious_changes
+from qclip.evals.suite import (
+    ReliabilitySuite,
+    SuiteConfig,
+    numeric_metrics,
+    spurious_changes,
+)
 from qclip.evals.zeroshot import model_fingerprint
 
+from qclip.io.models import LoadedModel, load_model
+from qclip.io.store import ResultsStore, config_hash
+
+from .analysis import FpWeights, feature_summary, weight_summary
+from .grid import Cell, GridConfig, expand_cells, shard_cells, spec_string
+
 __all__ = ["run_grid", "cell_hash", "load_records", "merge_results", "write_grid_report", "matched_truncation",
-           "weight_summary", "feature_summary", "SCHEMA"]
+           "SCHEMA"]
 
 SCHEMA = 1  # bump when a record's meaning changes: old records then no longer count as done
-DAMPING_BINS = 20
 
 
 def cell_hash(cfg: GridConfig, cell: Cell) -> str:
@@ -128,79 +132,6 @@ def _build_variant(cell: Cell, fp: LoadedModel, suite: ReliabilitySuite, cfg: Gr
                            calib_batches=cfg.calib_batches)
 
 
-# ------------------------------------------------------------------------------------------------- spectra
-class _FpWeights:
-    """The FP model's linear maps (after attention surgery) and their singular values, computed once."""
-
-    def __init__(self, fp: LoadedModel):
-        from qclip.quant.surgery import attention_surgery, list_linear_maps
-        from qclip.spectral.weights import svdvals_batched
-
-        model = attention_surgery(copy.deepcopy(fp.model))
-        self.maps = {m.name: m for m in list_linear_maps(model)}
-        self.weights = {n: model.get_submodule(n).weight.detach().float().cpu() for n in self.maps}
-        sigmas = svdvals_batched(list(self.weights.values()))
-        self.sigmas = dict(zip(self.weights, sigmas))
-
-
-@torch.no_grad()
-def weight_summary(fp_weights: _FpWeights, model: torch.nn.Module, *, bins: int = DAMPING_BINS) -> dict:
-    """Relative weight error and binned σ_variant/σ_fp (against rank fraction) over the maps the variant changed."""
-    from qclip.quant.modules import effective_weight
-    from qclip.spectral.weights import svdvals_batched
-
-    changed, num, den = {}, 0.0, 0.0
-    for name, w in fp_weights.weights.items():
-        wv = effective_weight(model.get_submodule(name)).float().cpu()
-        if wv.shape != w.shape:
-            continue
-        err = float((wv - w).double().norm() ** 2)
-        if err > 0:
-            changed[name] = wv
-            num, den = num + err, den + float(w.double().norm() ** 2)
-    if not changed:
-        return {"weight_rel_error": 0.0, "weight_maps": 0, "damping": None}
-    sums, counts = [0.0] * bins, [0] * bins
-    for name, sv in zip(changed, svdvals_batched(list(changed.values()))):
-        sf = fp_weights.sigmas[name]
-        r = sf.numel()
-        for i in range(r):
-            if sf[i] > 0:
-                b = min(bins - 1, int(bins * i / r))
-                sums[b] += float(sv[i] / sf[i])
-                counts[b] += 1
-    ratio = [s / c if c else None for s, c in zip(sums, counts)]
-    return {"weight_rel_error": math.sqrt(num / den), "weight_maps": len(changed),
-            "damping": {"rank_fraction": [(b + 0.5) / bins for b in range(bins)], "ratio": ratio}}
-
-
-@torch.no_grad()
-def feature_summary(fp_feats: torch.Tensor, feats: torch.Tensor, labels: torch.Tensor, classifier: torch.Tensor,
-                    bands: tuple, *, reference: bool) -> dict:
-    """Per-rank SQNR in the FP feature basis (non-reference variants), band accuracy in the variant's own basis."""
-    from scipy.stats import spearmanr
-
-    from qclip.spectral.features import band_accuracy, band_sqnr, feature_basis, per_rank_sqnr
-    from qclip.spectral.weights import effective_rank
-
-    own = feature_basis(feats)
-    acc = band_accuracy(feats, labels, classifier, own, bands)
-    acc["all"] = float(((F.normalize(feats, dim=-1) @ classifier).argmax(-1) == labels).float().mean())
-    out = {"band_accuracy": acc, "feature_effective_rank": effective_rank(own.variances.clamp_min(0).sqrt()),
-           "sqnr_db": None, "band_sqnr_db": None, "sqnr_spearman_rho": None}
-    if not reference:
-        r = per_rank_sqnr(fp_feats, feats, feature_basis(fp_feats))
-        sq = r["sqnr_db"]
-        finite = torch.isfinite(sq)
-        out["sqnr_db"] = [float(v) if math.isfinite(v) else None for v in sq.tolist()]
-        out["band_sqnr_db"] = {k: (v if math.isfinite(v) else None) for k, v in
-                               band_sqnr(r["signal"], r["error"], bands).items()}
-        if finite.sum() > 2:
-            rho = spearmanr(torch.arange(sq.numel())[finite].numpy(), sq[finite].numpy()).statistic
-            out["sqnr_spearman_rho"] = float(rho) if math.isfinite(rho) else None
-    return out
-
-
 # ------------------------------------------------------------------------------------------------- runner
 def _suite_config(cfg: GridConfig, cell: Cell) -> SuiteConfig:
     from qclip.evals.corruptions import parse_corruptions
@@ -223,7 +154,7 @@ class _Group:
         self.bands = parse_bands(cfg.bands)
         self.fp_key = model_fingerprint(fp.model)
         self._fp_metrics: dict | None = None
-        self._fp_weights: _FpWeights | None = None
+        self._fp_weights: FpWeights | None = None
 
     @property
     def fp_metrics(self) -> dict:
@@ -232,15 +163,16 @@ class _Group:
         return self._fp_metrics
 
     @property
-    def fp_weights(self) -> _FpWeights:
+    def fp_weights(self) -> FpWeights:
         if self._fp_weights is None:
-            self._fp_weights = _FpWeights(self.fp)
+            self._fp_weights = FpWeights(self.fp.model)
         return self._fp_weights
 
 
 def _evaluate_cell(cfg: GridConfig, cell: Cell, group: _Group, device: str, data_root: str | None) -> dict:
-    from qclip.io.results import versions
     from qclip.evals.zeroshot import zero_shot_classifier
+
+    from qclip.io.results import versions
 
     t0 = time.perf_counter()
     variant, report = _build_variant(cell, group.fp, group.suite, cfg, device, data_root)

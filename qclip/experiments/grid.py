@@ -84,9 +84,8 @@ class GridConfig:
     data_root: str | None = None  # used when neither --data-root nor $QCLIP_DATA_ROOT is given
 
     def __post_init__(self):
-        from qclip.quant.spec import SCOPES, parse_spec
-
         from qclip.evals.corruptions import parse_corruptions
+        from qclip.quant.spec import SCOPES, parse_spec
 
         if not self.models:
             raise QclipInputError("grid: 'models' is empty")

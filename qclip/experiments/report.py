@@ -19,9 +19,9 @@ from statistics import median
 
 from matplotlib.figure import Figure
 
-from .plots import plot_band_accuracy, save_figure
-
 from qclip.io.paths import atomic_write_text
+
+from .plots import plot_band_accuracy, save_figure
 
 __all__ = ["findings", "tidy_rows", "write_report"]
 

@@ -21,18 +21,18 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-from qclip.spectral.features import (band_accuracy, band_name, band_sqnr, feature_basis, parse_bands, per_rank_sqnr)
-from .plots import plot_band_accuracy, plot_sigma_spectra, plot_sqnr
-from qclip.spectral.weights import damping_ratio, effective_rank, error_energy_split, layer_statistics, svdvals_batched
-
-from qclip.evals.variants import quantize_loaded
-from qclip.io.data import resolve_dataset
 from qclip.evals.features import dataset_features
-from qclip.io.models import LoadedModel, load_model
+from qclip.evals.variants import quantize_loaded
 from qclip.evals.zeroshot import model_fingerprint, zero_shot_classifier
+from qclip.spectral.features import band_accuracy, band_name, feature_basis, parse_bands
 
-__all__ = ["SpectrumConfig", "weight_spectra", "run_spectrum"]
+from qclip.io.data import resolve_dataset
+from qclip.io.models import LoadedModel, load_model
+
+from .analysis import FpWeights, own_basis_accuracy, sqnr_profile, weight_spectra
+from .plots import plot_band_accuracy, plot_sigma_spectra, plot_sqnr
+
+__all__ = ["SpectrumConfig", "run_spectrum"]
 
 log = logging.getLogger(__name__)
 
@@ -67,44 +67,6 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-@torch.no_grad()
-def weight_spectra(fp_model: torch.nn.Module, other: torch.nn.Module | None, *, method: str = "svd",
-                   top_fraction: float = 0.1) -> tuple[list[dict], list[dict]]:
-    """Per-layer statistics and per-index σ rows for every linear map (FP vs `other` when given)."""
-    from qclip.quant.modules import effective_weight
-    from qclip.quant.surgery import attention_surgery, list_linear_maps
-
-    fp_model = attention_surgery(copy.deepcopy(fp_model))
-    maps = list_linear_maps(fp_model)
-    w_fp = [fp_model.get_submodule(m.name).weight.detach() for m in maps]
-    s_fp = svdvals_batched(w_fp, method=method)
-    s_q, w_q = [None] * len(maps), [None] * len(maps)
-    if other is not None:
-        attention_surgery(other)
-        w_q = [effective_weight(other.get_submodule(m.name)) for m in maps]
-        s_q = svdvals_batched(w_q, method=method)
-    layers, sigmas = [], []
-    for m, wf, sf, wq, sq in zip(maps, w_fp, s_fp, w_q, s_q):
-        row = {"layer": m.name, "tower": m.tower, "role": m.role, "shape": "x".join(map(str, m.shape))}
-        row.update({f"fp_{k}": v for k, v in layer_statistics(sf).items()})
-        if sq is not None:
-            row.update({f"q_{k}": v for k, v in layer_statistics(sq).items()})
-            k = max(1, int(top_fraction * sf.numel()))
-            row.update({f"err_{k2}": v for k2, v in error_energy_split(wf, wq, k).items()})
-            ratio = damping_ratio(sf, sq)
-            row["mean_damping_top10pct"] = float(ratio[:k].mean())
-            row["mean_damping_bottom50pct"] = float(ratio[sf.numel() // 2:].mean())
-        layers.append(row)
-        for i in range(sf.numel()):
-            r = {"layer": m.name, "tower": m.tower, "role": m.role, "index": i, "rank_fraction": i / sf.numel(),
-                 "sigma_fp": float(sf[i])}
-            if sq is not None:
-                r["sigma_q"] = float(sq[i])
-                r["ratio"] = float(sq[i] / sf[i]) if sf[i] > 0 else float("nan")
-            sigmas.append(r)
-    return layers, sigmas
-
-
 def _features(loaded: LoadedModel, spec, limit, device, progress, use_cache, precision):
     key = model_fingerprint(loaded.model)
     return dataset_features(loaded.model, loaded.preprocess, spec, model_key=key, limit=limit, device=device,
@@ -129,8 +91,8 @@ def run_spectrum(cfg: SpectrumConfig, out_dir: str | os.PathLike, *, data_root: 
         variants["truncated"], summary["truncate_report"] = quantize_loaded(fp, cfg.truncate, calib_spec,
                                                                            device=device, data_root=data_root)
     other = variants.get("quantized") or variants.get("truncated")
-    layers, sigmas = weight_spectra(fp.model, None if other is None else copy.deepcopy(other.model),
-                                    method=cfg.svd, top_fraction=cfg.top_fraction)
+    layers, sigmas = weight_spectra(FpWeights(fp.model, method=cfg.svd),
+                                    None if other is None else copy.deepcopy(other.model), top_fraction=cfg.top_fraction)
     _write_csv(out / "weights_layers.csv", layers)
     _write_csv(out / "weights_sigma.csv", sigmas)
     summary["layers"] = len(layers)
@@ -160,39 +122,33 @@ def run_spectrum(cfg: SpectrumConfig, out_dir: str | os.PathLike, *, data_root: 
 
 
 def _feature_analysis(cfg, variants, spec, bands, out: Path, device, progress, use_cache) -> dict:
-    from scipy.stats import spearmanr
-
     fp = variants["fp"]
     clf = zero_shot_classifier(fp.model, fp.tokenizer, spec.classnames, spec.templates, device=device,
                                use_cache=use_cache).float().cpu()
     feats = {name: _features(v, spec, cfg.limit, device, progress, use_cache, cfg.precision)
              for name, v in variants.items()}
     f_fp, labels = feats["fp"]
-    basis = feature_basis(f_fp)
     result: dict = {"feature_effective_rank": {}}
     band_rows, acc = [], {}
     for name, (f, y) in feats.items():
-        own = feature_basis(f)  # Analysis B: each model in its own basis
         vclf = clf
         if name != "fp":  # a quantized text tower has its own classifier
             v = variants[name]
             vclf = zero_shot_classifier(v.model, v.tokenizer, spec.classnames, spec.templates, device=device,
                                         use_cache=use_cache).float().cpu()
-        acc[name] = band_accuracy(f, y, vclf, own, bands)
-        acc[name]["all"] = float(((F.normalize(f, dim=-1) @ vclf).argmax(-1) == y).float().mean())
-        result["feature_effective_rank"][name] = effective_rank(own.variances.sqrt())
+        acc[name], result["feature_effective_rank"][name] = own_basis_accuracy(f, y, vclf, bands)
+    basis = feature_basis(f_fp)
     for k in sorted({b[1] for b in bands if b[1]}):  # truncation control: FP features, top-k components
         acc.setdefault("fp_top_k", {})
         acc["fp_top_k"][f"top{k}"] = band_accuracy(f_fp, labels, clf, basis, ((0, k),))[band_name((0, k))]
     if "quantized" in feats:
-        r = per_rank_sqnr(f_fp, feats["quantized"][0], basis)
-        sq = r["sqnr_db"]
-        _write_csv(out / "features_sqnr.csv", [{"rank": i, "signal": float(r["signal"][i]), "error": float(r["error"][i]),
-                                               "sqnr_db": float(sq[i])} for i in range(sq.numel())])
-        finite = torch.isfinite(sq)
-        rho = spearmanr(torch.arange(sq.numel())[finite].numpy(), sq[finite].numpy()).statistic
-        result["sqnr_spearman_rho"] = float(rho)
-        result["band_sqnr_db"] = band_sqnr(r["signal"], r["error"], bands)
+        prof = sqnr_profile(f_fp, feats["quantized"][0], bands)
+        sq, rho = prof["sqnr_db"], prof["rho"]
+        _write_csv(out / "features_sqnr.csv", [{"rank": i, "signal": float(prof["signal"][i]),
+                                               "error": float(prof["error"][i]), "sqnr_db": float(sq[i])}
+                                              for i in range(sq.numel())])
+        result["sqnr_spearman_rho"] = rho
+        result["band_sqnr_db"] = prof["band_sqnr_db"]
         plot_sqnr(sq.tolist(), out / "sqnr_vs_rank.png", title=f"{cfg.quant}: per-rank SQNR (Spearman ρ = {rho:.2f})",
                   bands=bands)
         for b, v in result["band_sqnr_db"].items():
@@ -244,12 +200,19 @@ def _frequency_analysis(cfg, variants, spec, out: Path, device) -> dict:
     """Radial FFT energy of feature maps (FP vs others) and accuracy under low/mid/high-frequency noise."""
     from itertools import islice
 
-    from qclip.spectral.frequency import BANDS, band_energy_fractions, perturb_band, radial_energy, radial_frequencies, \
-        tokens_to_grid
-    from .plots import plot_radial_profiles
+    from qclip.evals.features import split_normalize
+    from qclip.spectral.frequency import (
+        BANDS,
+        band_energy_fractions,
+        perturb_band,
+        radial_energy,
+        radial_frequencies,
+        tokens_to_grid,
+    )
 
     from qclip.io.data import make_loader
-    from qclip.evals.features import split_normalize
+
+    from .plots import plot_radial_profiles
 
     fp = variants["fp"]
     to_tensor, norm = split_normalize(fp.preprocess)

@@ -18,7 +18,14 @@ import open_clip
 import torch
 from torch import nn
 
-from .demo import CONFIG_FILE, DEMO_MODEL_NAME, WEIGHTS_FILE, demo_dir, is_trained, register_model_configs
+from .demo import (
+    CONFIG_FILE,
+    DEMO_MODEL_NAME,
+    WEIGHTS_FILE,
+    demo_dir,
+    is_trained,
+    register_model_configs,
+)
 from .errors import ModelLoadError
 from .paths import atomic_write_bytes, atomic_write_text
 
