@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from einops import rearrange
 
-__all__ = ["resolve_rank", "top_subspace", "projected_tail_energy", "tail_energy", "feature_tail_energy",
+__all__ = ["rank_spec", "resolve_rank", "top_subspace", "projected_tail_energy", "tail_energy", "feature_tail_energy",
            "nuclear_norm", "PowerIterationState", "top_singular_value", "SpectralTailPenalty"]
 
 _TAIL_METHODS = ("exact", "lowrank", "gram")
@@ -52,6 +52,13 @@ def _check_method(method: str) -> None:
 def _finish(tail: torch.Tensor, total: torch.Tensor, normalized: bool) -> torch.Tensor:
     tail = tail.clamp(min=0)
     return tail / total.clamp(min=torch.finfo(total.dtype).tiny) if normalized else tail
+
+
+def rank_spec(k: int | float) -> int | float:
+    """The one rank rule for user-given k: k >= 1 is a rank (an int), k in (0, 1) a fraction of the full rank."""
+    if isinstance(k, bool) or not isinstance(k, (int, float)):
+        raise TypeError(f"k must be an int rank or a float fraction in (0, 1), got {k!r}")
+    return int(k) if k >= 1 else float(k)
 
 
 def resolve_rank(k: int | float, full: int) -> int:

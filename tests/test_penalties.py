@@ -323,3 +323,20 @@ def test_sgd_with_penalty_lowers_tail_energy():
 
     before, plain, penalized = _np_tail(w0, 4), train(0.0), train(1.0)
     assert penalized < plain - 0.05 and penalized < before - 0.05
+
+
+@pytest.mark.parametrize("k, expected", [(16, 16), (16.0, 16), (1, 1), (0.25, 0.25)])
+def test_rank_spec_one_rule(k, expected):
+    from qclip.spectral.penalties import rank_spec, resolve_rank
+
+    out = rank_spec(k)
+    assert out == expected and type(out) is type(expected)
+    assert resolve_rank(out, 64) == (16 if k == 16 else 1 if k == 1 else 16)
+
+
+def test_rank_spec_rejects_bools_and_strings():
+    from qclip.spectral.penalties import rank_spec
+
+    for bad in (True, "8", None):
+        with pytest.raises(TypeError):
+            rank_spec(bad)

@@ -90,3 +90,15 @@ def test_freeze_bn_keeps_batchnorm_on_running_statistics(freeze_bn):
     assert torch.equal(module.model[1].running_mean, stats) is freeze_bn
     module.eval()
     assert not module.model[1].training
+
+
+def test_warmup_cosine_known_values():
+    from qclip.train.schedule import warmup_cosine
+
+    f = warmup_cosine(2, 10)
+    assert [f(s) for s in (0, 1, 2)] == [0.5, 1.0, 1.0]
+    assert f(6) == pytest.approx(0.5) and f(10) == pytest.approx(0.0) and f(50) == pytest.approx(0.0)
+    g = warmup_cosine(0, 4)  # no warm-up: the cosine starts at step 0
+    assert [round(g(s), 6) for s in range(5)] == [1.0, 0.853553, 0.5, 0.146447, 0.0]
+    with pytest.raises(ValueError, match="warmup"):
+        warmup_cosine(-1, 10)

@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 from qclip.spectral.features import band_sqnr, feature_basis, parse_bands, per_rank_sqnr
-from qclip.spectral.penalties import tail_energy
+from qclip.spectral.penalties import rank_spec, resolve_rank, tail_energy
 
 __all__ = ["SpectralDiagnostics", "ExportQAT"]
 
@@ -62,8 +62,7 @@ class SpectralDiagnostics(L.Callback):
 
 def _rank(k: float, name: str, pl_module) -> int:
     w = pl_module.model.get_submodule(name).weight
-    full = min(w.shape[0], w[0].numel())
-    return int(k) if k >= 1 else max(1, round(k * full))
+    return resolve_rank(rank_spec(k), min(w.shape[0], w[0].numel()))
 
 
 class ExportQAT(L.Callback):

@@ -31,6 +31,8 @@ from qclip.io.demo import (
 )
 from qclip.io.models import save_open_clip_dir
 
+from .schedule import warmup_cosine
+
 __all__ = ["DemoRecipe", "DemoPretrainModule", "random_crop_flip", "load_uint8_images", "pretrain_demo",
            "ensure_demo_model"]
 
@@ -126,12 +128,7 @@ class DemoPretrainModule(L.LightningModule):
                                 eps=1e-6)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = min(self.hparams.warmup_steps, max(1, total // 10))
-
-        def lr_lambda(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
+        lr_lambda = warmup_cosine(warmup, total)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 

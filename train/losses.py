@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from open_clip.loss import ClipLoss
-from qclip.spectral.penalties import feature_tail_energy
+from qclip.spectral.penalties import feature_tail_energy, rank_spec
 
 __all__ = ["contrastive_loss", "distill_mse", "feature_spectral_penalty"]
 
@@ -24,4 +24,4 @@ def distill_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
 
 def feature_spectral_penalty(features: torch.Tensor, k: int | float) -> torch.Tensor:
     """Share of the centred batch features' energy beyond rank k (k ≥ 1 a rank, k in (0, 1) a fraction of it)."""
-    return feature_tail_energy(features.float(), int(k) if k >= 1 else k, normalized=True)
+    return feature_tail_energy(features.float(), rank_spec(k), normalized=True)

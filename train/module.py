@@ -21,11 +21,12 @@ import torch
 import torch.nn.functional as F
 from qclip.evals.metrics import ece, softmax_probs
 from qclip.evals.zeroshot import build_zero_shot_classifier, topk_accuracy
-from qclip.spectral.penalties import SpectralTailPenalty
+from qclip.spectral.penalties import SpectralTailPenalty, rank_spec
 
 from qclip.io.models import load_model
 
 from .losses import contrastive_loss, distill_mse, feature_spectral_penalty
+from .schedule import warmup_cosine
 
 __all__ = ["QATCLIPModule", "is_quantizer_parameter"]
 
@@ -90,8 +91,7 @@ class QATCLIPModule(L.LightningModule):
 
                 self._penalised = [m.name for m in list_linear_maps(attention_surgery(self.model))
                                    if m.tower == "vision" and m.role != "patch_embed"]
-            k = int(hp.spectral_k) if hp.spectral_k >= 1 else hp.spectral_k
-            self.weight_penalty = SpectralTailPenalty(k=k, refresh_every=hp.spectral_refresh)
+            self.weight_penalty = SpectralTailPenalty(k=rank_spec(hp.spectral_k), refresh_every=hp.spectral_refresh)
         self._freeze_batchnorm()  # last: prepare_qat restores train mode on every submodule
 
     def train(self, mode: bool = True):
@@ -203,11 +203,6 @@ class QATCLIPModule(L.LightningModule):
         opt = torch.optim.AdamW([g for g in groups if g["params"]])
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = min(hp.warmup_steps, total - 1) if total > 1 else 0
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
+        schedule = warmup_cosine(warmup, total)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, schedule),
                                                    "interval": "step"}}
