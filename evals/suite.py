@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from qclip.io.data import DatasetSpec, resolve_dataset
 from qclip.io.errors import DataError
 from qclip.io.models import LoadedModel, load_model
+from qclip.io.records import Metrics, SuiteRecord
 from qclip.io.store import config_hash
 
 from .features import DecodedImages, dataset_features
@@ -158,7 +159,7 @@ class ReliabilitySuite:
         self._memo = {k: v for k, v in self._memo.items() if k[0] == keep_key}
 
     @torch.no_grad()
-    def evaluate(self, loaded: LoadedModel, key: str | None = None) -> dict:
+    def evaluate(self, loaded: LoadedModel, key: str | None = None) -> Metrics:
         """All metrics of one model variant (`key`: its `model_fingerprint`, computed when not given)."""
         cfg, model = self.cfg, loaded.model.eval()
         key = key or model_fingerprint(model)
@@ -172,7 +173,7 @@ class ReliabilitySuite:
         feats, labels = self._features(loaded, key, self.id_spec, cfg.limit)
         cos = cosines(feats)
         logits = scale * cos
-        m = calibration_metrics(logits, labels)
+        m: Metrics = calibration_metrics(logits, labels)  # type: ignore[assignment]
         m["n"] = int(labels.numel())
         m["logit_scale"] = scale
         m.update(ece_after_tuning(cos, labels, cfg.seed))
@@ -220,11 +221,11 @@ class ReliabilitySuite:
         m["ci"] = ci
         return m
 
-    def run(self) -> dict:
+    def run(self) -> SuiteRecord:
         """Evaluate the configured model (and, with a quant spec, its FP reference); return the record."""
         t0 = time.perf_counter()
         fp = self.load()
-        record = {"hash": self.cfg.hash, "config": self.cfg.key(), "model": self.cfg.model,
+        record: SuiteRecord = {"hash": self.cfg.hash, "config": self.cfg.key(), "model": self.cfg.model,
                   "pretrained": self.cfg.pretrained, "quant": self.cfg.quant, "dataset": self.cfg.dataset}
         if self.cfg.quant:
             q, record["quant_report"] = self.quantized(fp)

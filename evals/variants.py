@@ -11,6 +11,7 @@ from torch import nn
 from qclip.io.calibration import calibration_images
 from qclip.io.data import DatasetSpec
 from qclip.io.models import LoadedModel
+from qclip.io.records import QuantSummary
 
 __all__ = ["make_calibrator", "parse_quant_arg", "quantize_loaded"]
 
@@ -49,7 +50,7 @@ def parse_quant_arg(text: str):
 
 def quantize_loaded(fp: LoadedModel, spec_text: str, dataset: DatasetSpec, *, device: str | torch.device = "cpu",
                     data_root: str | None = None, calib_batches: int | None = None,
-                    qat_checkpoint: str | None = None) -> tuple[LoadedModel, dict]:
+                    qat_checkpoint: str | None = None) -> tuple[LoadedModel, QuantSummary]:
     """A quantized (or rank-truncated) deep copy of `fp`, calibrated on `dataset`, with its coverage summary.
 
     With `qat_checkpoint` (a `qclip fit` checkpoint of the same spec), the trained quantizer step sizes are
@@ -67,7 +68,7 @@ def quantize_loaded(fp: LoadedModel, spec_text: str, dataset: DatasetSpec, *, de
     report = quantize_model(loaded.model, spec, calibrate)
     if qat_checkpoint is not None:
         _load_quantizer_state(loaded.model, qat_checkpoint)
-    summary = {"spec": str(spec), "coverage": {t: {"quantized": q, "total": n} for t, (q, n) in report.coverage.items()}}
+    summary: QuantSummary = {"spec": str(spec), "coverage": {t: {"quantized": q, "total": n} for t, (q, n) in report.coverage.items()}}
     if report.truncation:
         summary["kept_ranks"] = {r.name: r.kept for r in report.truncation}
     return loaded, summary

@@ -27,6 +27,7 @@ from qclip.evals.suite import (
 from qclip.evals.zeroshot import model_fingerprint
 
 from qclip.io.models import LoadedModel, load_model
+from qclip.io.records import CellRecord, QuantSummary
 from qclip.io.store import ResultsStore, config_hash
 
 from .analysis import FpWeights, feature_summary, weight_summary
@@ -47,9 +48,9 @@ def _store_dir(out: str | os.PathLike) -> Path:
     return Path(out) / "store"
 
 
-def load_records(out: str | os.PathLike) -> dict[str, dict]:
+def load_records(out: str | os.PathLike) -> dict[str, CellRecord]:
     """Every complete record of every shard store under `out`, by hash (the earliest written wins)."""
-    records: dict[str, dict] = {}
+    records: dict[str, CellRecord] = {}
     for path in sorted(_store_dir(out).glob("*.jsonl")):
         for rec in ResultsStore(path).records():
             old = records.get(rec["hash"])
@@ -58,7 +59,7 @@ def load_records(out: str | os.PathLike) -> dict[str, dict]:
     return records
 
 
-def merge_results(cfg: GridConfig, out: str | os.PathLike) -> tuple[list[dict], list[Cell]]:
+def merge_results(cfg: GridConfig, out: str | os.PathLike) -> tuple[list[CellRecord], list[Cell]]:
     """Merge the shard stores into `out/results.jsonl` (grid order, one record per cell); return it and the
     cells still missing."""
     import json
@@ -75,7 +76,7 @@ def merge_results(cfg: GridConfig, out: str | os.PathLike) -> tuple[list[dict], 
     return records, missing
 
 
-def write_grid_report(cfg: GridConfig, records: list[dict], out: str | os.PathLike) -> dict:
+def write_grid_report(cfg: GridConfig, records: list[CellRecord], out: str | os.PathLike) -> dict:
     """The report of a complete grid (see `evals.report.write_report`)."""
     from .report import write_report
 
@@ -83,7 +84,7 @@ def write_grid_report(cfg: GridConfig, records: list[dict], out: str | os.PathLi
 
 
 # ------------------------------------------------------------------------------------------------- variants
-def matched_truncation(fp: LoadedModel, spec_text: str) -> tuple[LoadedModel, dict]:
+def matched_truncation(fp: LoadedModel, spec_text: str) -> tuple[LoadedModel, QuantSummary]:
     """Rank truncation of `fp` matched per linear map to the weight error of the quantization `spec_text`.
 
     Each map in the spec's scope keeps the smallest rank whose relative Frobenius error does not exceed the
@@ -107,14 +108,14 @@ def matched_truncation(fp: LoadedModel, spec_text: str) -> tuple[LoadedModel, di
         w = module.weight.detach().double()
         errors[name] = float((effective_weight(wq.get_submodule(name)).double() - w).norm() / w.norm().clamp_min(1e-30))
     reports = truncate_to_errors_(modules, errors)
-    summary = {"spec": f"rank-match:{spec}", "matched_errors": errors,
+    summary: QuantSummary = {"spec": f"rank-match:{spec}", "matched_errors": errors,
                "kept_ranks": {r.name: r.kept for r in reports},
                "energy_kept_mean": sum(r.energy_kept for r in reports) / max(1, len(reports))}
     return fp._replace(model=model), summary
 
 
 def _build_variant(cell: Cell, fp: LoadedModel, suite: ReliabilitySuite, cfg: GridConfig, device: str,
-                   data_root: str | None) -> tuple[LoadedModel, dict | None]:
+                   data_root: str | None) -> tuple[LoadedModel, QuantSummary | None]:
     from qclip.evals.variants import quantize_loaded
 
     if cell.kind == "fp":
@@ -169,7 +170,7 @@ class _Group:
         return self._fp_weights
 
 
-def _evaluate_cell(cfg: GridConfig, cell: Cell, group: _Group, device: str, data_root: str | None) -> dict:
+def _evaluate_cell(cfg: GridConfig, cell: Cell, group: _Group, device: str, data_root: str | None) -> CellRecord:
     from qclip.evals.zeroshot import zero_shot_classifier
 
     from qclip.io.results import versions
@@ -273,7 +274,7 @@ def run_grid(cfg: GridConfig, out: str | os.PathLike, *, shard: tuple[int, int] 
     return summary
 
 
-def _log_cell(run, record: dict) -> None:
+def _log_cell(run, record: CellRecord) -> None:
     """One wandb log call per cell: the cell's scalar metrics, flattened with '/'."""
     flat: dict = {"cell/variant": record["cell"]["variant"], "cell/seconds": record["seconds"]}
 

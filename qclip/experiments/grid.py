@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from qclip.io.errors import QclipInputError
+from qclip.io.records import CellInfo
 
 __all__ = ["GridConfig", "Cell", "QatEntry", "load_grid", "expand_cells", "parse_shard", "shard_cells", "spec_string",
            "grid_data_root"]
@@ -50,9 +51,9 @@ class Cell:
         model = self.model if self.pretrained is None else f"{self.model}:{self.pretrained}"
         return f"{model}|{self.variant}|s{self.seed}"
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> CellInfo:
         """The cell as stored in a record (with its id)."""
-        return {"id": self.id, **asdict(self)}
+        return CellInfo(id=self.id, **asdict(self))
 
 
 @dataclass

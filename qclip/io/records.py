@@ -1,0 +1,173 @@
+"""The JSON contract as types: what `qclip eval` writes (`SuiteRecord`), what `qclip ablate` stores per grid cell
+(`CellRecord`), and their parts. TypedDicts, so a record stays the plain JSON object the store appends and the
+report reads, while every writer and reader names its fields through one definition. Writes nothing.
+
+Field meanings (conventions, δ sign, units) are documented in docs/json-contract.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, TypedDict
+
+__all__ = ["OodScores", "CorruptionMetrics", "ShiftMetrics", "SpuriousMetrics", "Metrics", "SuiteRecord",
+           "CellInfo", "CellDatasets", "DampingProfile", "SpectralSummary", "Timings", "CellRecord",
+           "QuantSummary"]
+
+
+class OodScores(TypedDict):
+    """AUROC / AUPR (ID positive) and FPR95 (share of OOD accepted at 95% ID recall) of one OOD score."""
+
+    auroc: float
+    aupr: float
+    fpr95: float
+
+
+class CorruptionMetrics(TypedDict):
+    """Metrics of the ID set under one corruption at one severity."""
+
+    acc1: float
+    ece: float
+    nll: float
+    brier: float
+
+
+class ShiftMetrics(TypedDict):
+    """Accuracy and ECE on a covariate-shift set (its classes mapped onto the ID classes), with its N."""
+
+    acc1: float
+    ece: float
+    n: int
+
+
+class SpuriousMetrics(TypedDict, total=False):
+    """Spurious-correlation gap: accuracies on the common and counter groups, RSG, and (vs FP) ΔRSG, Vuln_add."""
+
+    acc_common: float
+    acc_counter: float
+    rsg: float
+    delta_rsg: float
+    vuln_add: float
+
+
+class Metrics(TypedDict, total=False):
+    """Every metric of one model variant on the suite's datasets (see the suite module for the definitions)."""
+
+    n: int
+    acc1: float
+    acc5: float
+    ece: float
+    ece_adaptive: float
+    mce: float
+    nll: float
+    brier: float
+    logit_scale: float
+    ece_ts: float
+    logit_scale_ts: float
+    ece_floor: float
+    ece_floor_sd: float
+    reliability: dict[str, list]
+    ood: dict[str, dict[str, OodScores]]
+    corruptions: dict[str, CorruptionMetrics]
+    shift: dict[str, ShiftMetrics]
+    spurious: SpuriousMetrics
+    ci: dict[str, Any]
+    delta: dict[str, Any]
+
+
+class QuantSummary(TypedDict, total=False):
+    """What a quantization or truncation changed: its spec, per-tower coverage, kept ranks of truncated maps."""
+
+    spec: str
+    coverage: dict[str, dict[str, int]]
+    kept_ranks: dict[str, int]
+    matched_errors: dict[str, float]
+    energy_kept_mean: float
+
+
+class SuiteRecord(TypedDict, total=False):
+    """One `qclip eval` result (the file `--out` writes and the line `--store` appends)."""
+
+    hash: str
+    config: dict[str, Any]
+    model: str
+    pretrained: Optional[str]
+    quant: Optional[str]
+    dataset: str
+    n: int
+    metrics: Metrics
+    fp_metrics: Metrics
+    quant_report: QuantSummary
+    seconds: float
+    versions: dict[str, str]
+    written_at: float
+
+
+class CellInfo(TypedDict):
+    """A grid cell as stored (`qclip.experiments.grid.Cell.as_dict`)."""
+
+    id: str
+    model: str
+    pretrained: Optional[str]
+    seed: int
+    kind: str
+    variant: str
+    method: Optional[str]
+    bits: Optional[str]
+    scope: Optional[str]
+    checkpoint: Optional[str]
+
+
+class CellDatasets(TypedDict):
+    """The datasets a cell was evaluated on, by role."""
+
+    id: str
+    ood: list[str]
+    shift: list[str]
+    corruptions: list[str]
+    spurious: Optional[list[str]]
+
+
+class DampingProfile(TypedDict):
+    """Mean σ_variant/σ_fp of the changed maps, binned by rank fraction."""
+
+    rank_fraction: list[float]
+    ratio: list[Optional[float]]
+
+
+class SpectralSummary(TypedDict, total=False):
+    """A cell's spectra against FP: weight error and damping, per-rank feature SQNR, own-basis band accuracy."""
+
+    weight_rel_error: Optional[float]
+    weight_maps: Optional[int]
+    damping: Optional[DampingProfile]
+    band_accuracy: dict[str, float]
+    feature_effective_rank: float
+    sqnr_db: Optional[list[Optional[float]]]
+    band_sqnr_db: Optional[dict[str, Optional[float]]]
+    sqnr_spearman_rho: Optional[float]
+
+
+class Timings(TypedDict):
+    """Seconds spent building the variant, evaluating it and analysing its spectra."""
+
+    build: float
+    eval: float
+    spectral: float
+
+
+class CellRecord(TypedDict, total=False):
+    """One evaluated grid cell, as `qclip ablate` appends it to its store and the report reads it."""
+
+    hash: str
+    grid: str
+    cell: CellInfo
+    datasets: CellDatasets
+    n: int
+    metrics: Metrics
+    delta: Optional[dict[str, Any]]
+    spectral: SpectralSummary
+    quant_report: Optional[QuantSummary]
+    seconds: float
+    timings: Timings
+    versions: dict[str, str]
+    written_at: float
