@@ -18,7 +18,7 @@ import torch
 from open_clip.loss import ClipLoss
 
 from qclip.io.models import load_model
-from qclip.quant.qat import prepare_qat
+from qclip.quant.qat import prepare_qat_
 from qclip.train.demo import ensure_demo_model
 from qclip.train.losses import feature_spectral_penalty
 
@@ -57,7 +57,7 @@ def main() -> None:
     labels = torch.randint(0, 180, (args.batch,))
     fp = copy.deepcopy(loaded.model).train()
     qat = copy.deepcopy(loaded.model)
-    report = prepare_qat(qat, args.spec, lambda m: (m.encode_image(images[:64]), m.encode_text(tokens)),
+    report = prepare_qat_(qat, args.spec, lambda m: (m.encode_image(images[:64]), m.encode_text(tokens)),
                          backend=args.backend)
     qat.train()
     qat_reg = copy.deepcopy(qat)

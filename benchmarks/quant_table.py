@@ -16,7 +16,7 @@ from qclip.evals.variants import make_calibrator
 from qclip.io.data import resolve_dataset
 from qclip.evals.zeroshot import evaluate_zero_shot
 from qclip.io.models import load_model
-from qclip.quant.api import quantize_model
+from qclip.quant.api import quantize_
 from qclip.quant.spec import parse_spec
 from qclip.train.demo import ensure_demo_model
 
@@ -42,7 +42,7 @@ def main() -> None:
                 text = f"{bits}{method}{scope}"
                 t0 = time.perf_counter()
                 loaded = base._replace(model=copy.deepcopy(base.model))
-                report = quantize_model(loaded.model, parse_spec(text), calibrate_vt)
+                report = quantize_(loaded.model, parse_spec(text), calibrate_vt)
                 acc = evaluate_zero_shot(loaded, spec, limit=args.limit, progress=False).metrics()["acc1"]
                 cov = report.coverage_line()
                 print(f"| {text} | {parse_spec(text).scope} | {acc:.4f} | {100 * (acc - fp):+.2f} pt | {cov} | "

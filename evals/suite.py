@@ -17,10 +17,11 @@ import torch
 import torch.nn.functional as F
 
 from qclip.io.data import DatasetSpec, resolve_dataset
-from qclip.io.errors import DataError
+from qclip.io.errors import ConfigError, DataError
 from qclip.io.models import LoadedModel, load_model
 from qclip.io.records import Metrics, SuiteRecord
 from qclip.io.store import config_hash
+from qclip.io.validate import PRECISIONS, check_choice, check_int, check_str, check_str_list
 
 from .features import DecodedImages, dataset_features
 from .metrics import (
@@ -46,7 +47,7 @@ from .variants import quantize_loaded
 from .zeroshot import model_fingerprint, topk_accuracy, zero_shot_classifier
 
 __all__ = ["SuiteConfig", "ReliabilitySuite", "calibration_metrics", "ece_after_tuning", "map_classes",
-           "numeric_metrics", "spurious_changes"]
+           "numeric_metrics", "spurious_changes_"]
 
 
 @dataclass
@@ -68,6 +69,27 @@ class SuiteConfig:
     bootstrap: int = 200
     calib_batches: int | None = None
     precision: str = "fp32"
+
+    def __post_init__(self):
+        check_str("model", self.model)
+        check_str("dataset", self.dataset)
+        check_str("pretrained", self.pretrained, optional=True)
+        check_str("quant", self.quant, optional=True)
+        check_str("split", self.split)
+        self.ood, self.shift = check_str_list("ood", self.ood), check_str_list("shift", self.shift)
+        if isinstance(self.corruptions, str) or not all(
+                isinstance(c, (list, tuple)) and len(c) == 2 and isinstance(c[0], str) for c in self.corruptions):
+            raise ConfigError(f"corruptions must be (name, severity) pairs, got {self.corruptions!r}")
+        for name, severity in self.corruptions:
+            check_int(f"severity of {name}", severity, minimum=1)
+        if self.spurious is not None and len(check_str_list("spurious", self.spurious)) != 2:
+            raise ConfigError(f"spurious needs two datasets (common, counter), got {self.spurious!r}")
+        check_int("limit", self.limit, minimum=1, optional=True)
+        check_int("ood_limit", self.ood_limit, minimum=1, optional=True)
+        check_int("seed", self.seed, minimum=0)
+        check_int("bootstrap", self.bootstrap, minimum=0)
+        check_int("calib_batches", self.calib_batches, minimum=1, optional=True)
+        check_choice("precision", self.precision, PRECISIONS)
 
     def key(self) -> dict:
         """The hashed part (runtime settings such as device or workers excluded)."""
@@ -232,7 +254,7 @@ class ReliabilitySuite:
             fp_metrics = self.evaluate(fp)
             metrics = self.evaluate(q)
             metrics["delta"] = relative_changes(numeric_metrics(fp_metrics), numeric_metrics(metrics))
-            spurious_changes(fp_metrics, metrics)
+            spurious_changes_(fp_metrics, metrics)
             record["fp_metrics"] = fp_metrics
         else:
             metrics = self.evaluate(fp)
@@ -242,7 +264,7 @@ class ReliabilitySuite:
         return record
 
 
-def spurious_changes(fp_metrics: dict, metrics: dict) -> None:
+def spurious_changes_(fp_metrics: dict, metrics: dict) -> None:
     """Add ΔRSG and Vuln_add (against the FP reference) to `metrics["spurious"]` when both have spurious results."""
     if "spurious" in metrics and "spurious" in fp_metrics:
         f, q = fp_metrics["spurious"], metrics["spurious"]

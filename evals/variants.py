@@ -19,7 +19,7 @@ __all__ = ["make_calibrator", "parse_quant_arg", "quantize_loaded"]
 def make_calibrator(loaded: LoadedModel, spec: DatasetSpec, *, batches: int = 8, batch_size: int = 64,
                     device: str | torch.device = "cpu", data_root: str | None = None,
                     text: bool = True) -> Callable[[nn.Module], None]:
-    """A `calibrate(model)` callable for `quant.quantize_model`: image batches, then (optionally) all prompts."""
+    """A `calibrate(model)` callable for `quant.quantize_`: image batches, then (optionally) all prompts."""
     images = calibration_images(spec, loaded.preprocess, batches=batches, batch_size=batch_size,
                                 data_root=data_root)
     prompts = [t.replace("{c}", c) for c in spec.classnames for t in spec.templates]
@@ -57,7 +57,7 @@ def quantize_loaded(fp: LoadedModel, spec_text: str, dataset: DatasetSpec, *, de
     loaded over the calibrated ones, so the model is the QAT model as trained."""
     import copy
 
-    from qclip.quant.api import quantize_model
+    from qclip.quant.api import quantize_
 
     spec = parse_quant_arg(spec_text)
     loaded = fp._replace(model=copy.deepcopy(fp.model))
@@ -65,7 +65,7 @@ def quantize_loaded(fp: LoadedModel, spec_text: str, dataset: DatasetSpec, *, de
     if spec.kind == "quant":
         calibrate = make_calibrator(loaded, dataset, batches=calib_batches or spec.calib_batches, device=device,
                                     data_root=data_root, text=spec.scope == "vision+text")
-    report = quantize_model(loaded.model, spec, calibrate)
+    report = quantize_(loaded.model, spec, calibrate)
     if qat_checkpoint is not None:
         _load_quantizer_state(loaded.model, qat_checkpoint)
     summary: QuantSummary = {"spec": str(spec), "coverage": {t: {"quantized": q, "total": n} for t, (q, n) in report.coverage.items()}}

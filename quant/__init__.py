@@ -2,8 +2,8 @@
 
 One verb, validated specs::
 
-    from qclip.quant import parse_spec, quantize_model
-    report = quantize_model(model, "w4a8-rot", calibrate)   # calibrate(model) runs a few forward passes
+    from qclip.quant import parse_spec, quantize_
+    report = quantize_(model, "w4a8-rot", calibrate)   # calibrate(model) runs a few forward passes
 
 Names are imported on first use, so importing the spec parser does not load torchao.
 """
@@ -12,10 +12,11 @@ from importlib import import_module
 
 _EXPORTS = {
     "QuantSpec": "spec", "RankSpec": "spec", "parse_spec": "spec",
-    "quantize_model": "api", "QuantReport": "api", "convert_to_float": "api",
-    "prepare_qat": "qat", "convert_qat": "qat",
-    "attention_surgery": "surgery", "list_linear_maps": "surgery", "LinearMap": "surgery",
+    "quantize_": "api", "QuantReport": "api", "convert_to_float_": "api",
+    "prepare_qat_": "qat", "convert_qat_": "qat",
+    "attention_surgery_": "surgery", "list_linear_maps": "surgery", "LinearMap": "surgery",
     "export_int_": "export", "save_int": "export", "load_int": "export",
+    "quantize_model": "api",  # for BC: the former name of quantize_
 }
 
 __all__ = list(_EXPORTS)

@@ -1,4 +1,4 @@
-"""`quantize_model`: the one verb that applies a `QuantSpec` (or a `RankSpec`) to an open_clip model in place."""
+"""`quantize_`: the one verb that applies a `QuantSpec` (or a `RankSpec`) to an open_clip model in place."""
 
 from __future__ import annotations
 
@@ -14,12 +14,13 @@ from .modules import ActQuant, dequantize_module_, is_quantized, quantize_module
 from .observers import make_observer
 from .primitives import fake_quantize_weight, weight_qparams
 from .rotation import HadamardRotation
-from .smoothquant import apply_smoothquant
+from .smoothquant import apply_smoothquant_
 from .spec import QuantSpec, RankSpec, parse_spec
-from .surgery import LinearMap, attention_surgery, list_linear_maps
+from .surgery import LinearMap, attention_surgery_, list_linear_maps
 from .truncation import TruncationReport, truncate_modules_
 
-__all__ = ["QuantReport", "quantize_model", "quantize_maps_", "convert_to_float", "towers_of", "Calibrator"]
+__all__ = ["QuantReport", "quantize_", "quantize_maps_", "convert_to_float_", "towers_of", "check_quantizable",
+           "Calibrator", "quantize_model"]
 
 log = logging.getLogger(__name__)
 #: Runs calibration forward passes through the model (image batches, and text prompts for the text tower).
@@ -28,7 +29,7 @@ Calibrator = Callable[[nn.Module], None]
 
 @dataclass
 class QuantReport:
-    """What `quantize_model` did: the spec, the maps it changed, coverage per tower, extra per-method facts."""
+    """What `quantize_` did: the spec, the maps it changed, coverage per tower, extra per-method facts."""
 
     spec: str
     maps: list[LinearMap]
@@ -54,7 +55,21 @@ def _coverage(all_maps: list[LinearMap], chosen: list[LinearMap]) -> dict[str, t
     return out
 
 
-def quantize_model(model: nn.Module, spec: QuantSpec | RankSpec | str, calibrate: Calibrator | None = None
+def check_quantizable(model: nn.Module, spec: QuantSpec | RankSpec, calibrate: Calibrator | None) -> None:
+    """Raise ValueError when `spec` cannot be applied to `model` as given; touches nothing."""
+    if not isinstance(spec, (QuantSpec, RankSpec)):
+        raise TypeError(f"spec must be a QuantSpec, a RankSpec or a spec string, got {type(spec).__name__}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if any(is_quantized(m) for m in model.modules()):
+        raise ValueError("the model is already quantized: quantize a fresh copy")
+    if isinstance(spec, QuantSpec) and (spec.a_bits is not None or spec.method == "smoothquant") and calibrate is None:
+        raise ValueError(f"spec {spec} quantizes activations or smooths them: pass a calibrate(model) function")
+    if calibrate is not None and not callable(calibrate):
+        raise TypeError(f"calibrate must be a callable run on the model, got {type(calibrate).__name__}")
+
+
+def quantize_(model: nn.Module, spec: QuantSpec | RankSpec | str, calibrate: Calibrator | None = None
                    ) -> QuantReport:
     """Apply `spec` in place: attention surgery, then rank truncation or (SmoothQuant | rotation) + RTN or LSQ.
 
@@ -62,11 +77,10 @@ def quantize_model(model: nn.Module, spec: QuantSpec | RankSpec | str, calibrate
     the text tower is in scope); it is needed for activation quantization and SmoothQuant.
     """
     spec = parse_spec(spec) if isinstance(spec, str) else spec
+    check_quantizable(model, spec, calibrate)
     model.eval()
-    attention_surgery(model)
+    attention_surgery_(model)
     all_maps = list_linear_maps(model)
-    if any(is_quantized(model.get_submodule(m.name)) for m in all_maps):
-        raise ValueError("the model is already quantized: quantize a fresh copy")
     towers = towers_of(spec.scope)
     chosen = [m for m in all_maps if m.tower in towers]
     modules = {m.name: model.get_submodule(m.name) for m in chosen}
@@ -74,12 +88,9 @@ def quantize_model(model: nn.Module, spec: QuantSpec | RankSpec | str, calibrate
     if isinstance(spec, RankSpec):
         report.truncation = truncate_modules_(modules, spec.mode, spec.value)
         return report
-    needs_data = spec.a_bits is not None or spec.method == "smoothquant"
-    if needs_data and calibrate is None:
-        raise ValueError(f"spec {spec} quantizes activations or smooths them: pass a calibrate(model) function")
     if spec.method == "smoothquant":
         in_scope = tuple(("visual",) if spec.scope == "vision" else ("visual", "transformer", "text"))
-        report.smoothed_groups = apply_smoothquant(model, in_scope, calibrate, spec.smoothquant_alpha)
+        report.smoothed_groups = apply_smoothquant_(model, in_scope, calibrate, spec.smoothquant_alpha)
     quantize_maps_(model, modules, spec, calibrate)
     return report
 
@@ -127,7 +138,7 @@ def quantize_maps_(model: nn.Module, modules: dict[str, nn.Module], spec: QuantS
                 modules[name].input_quant = lsq
 
 
-def convert_to_float(model: nn.Module) -> nn.Module:
+def convert_to_float_(model: nn.Module) -> nn.Module:
     """Fold every weight quantizer and rotation into plain float weights (activation quantizers are dropped).
 
     The result has stock open_clip state-dict keys: a weight-quantized ("dequantized") float export.
@@ -136,3 +147,7 @@ def convert_to_float(model: nn.Module) -> nn.Module:
         if is_quantized(module):
             dequantize_module_(module)
     return model
+
+
+#: The former name of `quantize_` (it quantizes in place, hence the trailing underscore); kept for existing code.
+quantize_model = quantize_

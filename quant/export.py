@@ -7,10 +7,10 @@ import os
 import torch
 from torch import nn
 
-from .api import convert_to_float, towers_of
+from .api import convert_to_float_, towers_of
 from .modules import weight_grid_scale
 from .spec import QuantSpec
-from .surgery import attention_surgery, list_linear_maps
+from .surgery import attention_surgery_, list_linear_maps
 
 __all__ = ["int_config_for", "export_int_", "save_int", "load_int"]
 
@@ -50,11 +50,11 @@ def export_int_(model: nn.Module, spec: QuantSpec) -> int:
     """
     from torchao.quantization import IntxUnpackedToInt8Tensor, quantize_
 
-    attention_surgery(model)
+    attention_surgery_(model)
     filt = _int_filter(model, spec)
     targets = {n: m for n, m in model.named_modules() if filt(m, n)}
     scales = {n: weight_grid_scale(m) for n, m in targets.items()}
-    convert_to_float(model)
+    convert_to_float_(model)
     if spec.a_bits == 8 and spec.w_bits == 8:
         quantize_(model, int_config_for(spec), filter_fn=filt)
         return len(targets)
@@ -82,7 +82,7 @@ def load_int(skeleton: nn.Module, spec: QuantSpec, path: str | os.PathLike) -> n
     """Load `save_int` output into a freshly built model of the same architecture (weights-only load)."""
     from torchao.quantization import quantize_
 
-    attention_surgery(skeleton)
+    attention_surgery_(skeleton)
     quantize_(skeleton, int_config_for(spec), filter_fn=_int_filter(skeleton, spec))
     state = torch.load(path, map_location="cpu", weights_only=True)
     skeleton.load_state_dict(state, assign=True)

@@ -19,7 +19,7 @@ from torch import nn
 
 from .primitives import EPS, qrange
 
-__all__ = ["grad_scale", "round_ste", "lsq_quantize", "lsq_quantize_reference", "LSQQuantizer", "clamp_steps_"]
+__all__ = ["grad_scale", "round_ste", "lsq_quantize", "LSQQuantizer", "clamp_steps_"]
 
 
 def grad_scale(x: torch.Tensor, g: float) -> torch.Tensor:
@@ -60,12 +60,6 @@ class _LSQFunction(torch.autograd.Function):
 def lsq_quantize(x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int, g: float) -> torch.Tensor:
     """LSQ fake quantization of `x` with a broadcastable learnable `step` (fused forward and backward)."""
     return _LSQFunction.apply(x, step, qmin, qmax, g)
-
-
-def lsq_quantize_reference(x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int, g: float) -> torch.Tensor:
-    """The same operator written with straight-through tricks (autograd derives the gradients): for tests."""
-    s = grad_scale(step, g)
-    return round_ste(torch.clamp(x * (1.0 / s), qmin, qmax)) * s
 
 
 class LSQQuantizer(nn.Module):

@@ -1,4 +1,4 @@
-"""Quantization-aware training: `prepare_qat` (LSQ fake quantizers) and `convert_qat` (back to plain modules).
+"""Quantization-aware training: `prepare_qat_` (LSQ fake quantizers) and `convert_qat_` (back to plain modules).
 
 Two backends share one spec:
 - `"lsq"` (default): project LSQ modules for every in-scope map (weights per-channel steps, activations a
@@ -6,7 +6,7 @@ Two backends share one spec:
 - `"torchao"`: torchao's `QATConfig` with `IntxFakeQuantizeConfig(range_learning=True)` (learnable weight scales,
   dynamic per-token activations) on plain `nn.Linear` maps; the maps torchao does not cover (convolutions, the
   tower projections applied as `x @ P`) get project LSQ modules.
-`convert_qat` folds every fake quantizer into float weights and returns plain `nn.Linear` / `nn.Conv2d` modules.
+`convert_qat_` folds every fake quantizer into float weights and returns plain `nn.Linear` / `nn.Conv2d` modules.
 """
 
 from __future__ import annotations
@@ -17,15 +17,16 @@ from torch import nn
 from .api import (
     Calibrator,
     QuantReport,
-    convert_to_float,
+    check_quantizable,
+    convert_to_float_,
+    quantize_,
     quantize_maps_,
-    quantize_model,
     towers_of,
 )
 from .spec import QuantSpec, parse_spec
-from .surgery import attention_surgery, list_linear_maps
+from .surgery import attention_surgery_, list_linear_maps
 
-__all__ = ["prepare_qat", "convert_qat", "BACKENDS"]
+__all__ = ["prepare_qat_", "convert_qat_", "BACKENDS"]
 
 BACKENDS = ("lsq", "torchao")
 
@@ -50,29 +51,33 @@ def _as_lsq(spec: QuantSpec) -> QuantSpec:
     return spec.with_(method="rotation+lsq" if spec.rotates else "lsq")
 
 
-def prepare_qat(model: nn.Module, spec: QuantSpec | str, calibrate: Calibrator | None = None, *,
+def prepare_qat_(model: nn.Module, spec: QuantSpec | str, calibrate: Calibrator | None = None, *,
                 backend: str = "lsq") -> QuantReport:
-    """Insert trainable fake quantizers in place (the model stays in its current train/eval mode)."""
+    """Insert trainable fake quantizers in place (the model stays in its current train/eval mode); every argument
+    is validated before the model is touched."""
     spec = _as_lsq(parse_spec(spec) if isinstance(spec, str) else spec)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_quantizable(model, spec, calibrate)
     training = model.training
     if backend == "lsq":
-        report = quantize_model(model, spec, calibrate)
+        report = quantize_(model, spec, calibrate)
         model.train(training)
         return report
     if spec.rotates:
         raise ValueError("rotation+lsq needs the 'lsq' backend (torchao's fake-quantized linear cannot rotate inputs)")
     if spec.granularity == "per_tensor":
         raise ValueError("the torchao backend quantizes weights per channel or per group")
-    from torchao.quantization import quantize_
+    if calibrate is None:
+        raise ValueError("the torchao backend initialises its learnable scales from data: pass calibrate(model)")
+    from torchao.quantization import quantize_ as ao_quantize_
     from torchao.quantization.qat import (
         IntxFakeQuantizeConfig,
         QATConfig,
         initialize_fake_quantizers,
     )
 
-    attention_surgery(model)
+    attention_surgery_(model)
     names = {m.name for m in list_linear_maps(model, include_conv=False) if m.tower in towers_of(spec.scope)}
     covered = {n for n, m in model.named_modules() if n in names and type(m) is nn.Linear}
     weight_cfg = IntxFakeQuantizeConfig(getattr(torch, f"int{spec.w_bits}"),
@@ -83,12 +88,10 @@ def prepare_qat(model: nn.Module, spec: QuantSpec | str, calibrate: Calibrator |
     if spec.a_bits is not None:
         act_cfg = IntxFakeQuantizeConfig(getattr(torch, f"int{spec.a_bits}" if spec.a_bits < 8 else "int8"),
                                          "per_token", is_symmetric=False)
-    quantize_(model, QATConfig(activation_config=act_cfg, weight_config=weight_cfg, step="prepare"),
-              filter_fn=lambda m, fqn: fqn in covered)
+    ao_quantize_(model, QATConfig(activation_config=act_cfg, weight_config=weight_cfg, step="prepare"),
+                 filter_fn=lambda m, fqn: fqn in covered)
     # the rest (convolutions, `x @ P` projections) with project LSQ modules
     rest = [m for m in list_linear_maps(model) if m.tower in towers_of(spec.scope) and m.name not in covered]
-    if calibrate is None:
-        raise ValueError("the torchao backend initialises its learnable scales from data: pass calibrate(model)")
     with torch.no_grad():
         initialize_fake_quantizers(_Runner(model, calibrate), ())
     if rest:
@@ -101,7 +104,7 @@ def prepare_qat(model: nn.Module, spec: QuantSpec | str, calibrate: Calibrator |
 
 
 @torch.no_grad()
-def convert_qat(model: nn.Module) -> nn.Module:
+def convert_qat_(model: nn.Module) -> nn.Module:
     """Fold all fake quantizers (project LSQ and torchao QAT) into float weights; plain modules come back."""
     from torchao.quantization.qat import FakeQuantizedLinear
 
@@ -112,4 +115,4 @@ def convert_qat(model: nn.Module) -> nn.Module:
                 linear = child.to_linear()
                 linear.weight.copy_(weight)
                 setattr(parent, name, linear)
-    return convert_to_float(model)
+    return convert_to_float_(model)

@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-__all__ = ["smoothing_groups", "collect_input_absmax", "apply_smoothquant"]
+__all__ = ["smoothing_groups", "collect_input_absmax", "apply_smoothquant_"]
 
 
 def smoothing_groups(model: nn.Module, prefixes: tuple[str, ...]) -> list[tuple[str, nn.LayerNorm, list[nn.Linear]]]:
@@ -55,7 +55,7 @@ def collect_input_absmax(model: nn.Module, norms: list[nn.LayerNorm], calibrate:
 
 
 @torch.no_grad()
-def apply_smoothquant(model: nn.Module, prefixes: tuple[str, ...], calibrate: Callable[[nn.Module], None],
+def apply_smoothquant_(model: nn.Module, prefixes: tuple[str, ...], calibrate: Callable[[nn.Module], None],
                       alpha: float = 0.5) -> int:
     """Smooth every LayerNorm→linear group under `prefixes`; return the number of groups smoothed."""
     groups = smoothing_groups(model, prefixes)

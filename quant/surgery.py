@@ -2,7 +2,7 @@
 
 open_clip hides q/k/v inside `nn.MultiheadAttention.in_proj_weight` (and its own `Attention` and the ResNet
 `AttentionPool2d`, which call `F.multi_head_attention_forward` on raw weights), and applies `visual.proj` /
-`text_projection` as bare matrices. `attention_surgery` rewrites them in place into equivalent modules whose
+`text_projection` as bare matrices. `attention_surgery_` rewrites them in place into equivalent modules whose
 q, k, v, out and projections are `nn.Linear`, so quantizers, spectra and regularizers see 100% of the linear
 maps. State-dict keys are unchanged in both directions, so a surgically changed model saves checkpoints that
 stock open_clip loads, and loads stock checkpoints.
@@ -20,7 +20,7 @@ from open_clip.modified_resnet import AttentionPool2d
 from open_clip.transformer import Attention as OpenClipAttention
 from torch import nn
 
-__all__ = ["LinearMHA", "LinearAttention", "LinearAttentionPool2d", "ProjectionLinear", "attention_surgery",
+__all__ = ["LinearMHA", "LinearAttention", "LinearAttentionPool2d", "ProjectionLinear", "attention_surgery_",
            "LinearMap", "list_linear_maps", "is_surgically_changed"]
 
 
@@ -246,7 +246,7 @@ def _wrap_projection(owner: nn.Module, attr: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------- surgery
-def attention_surgery(model: nn.Module) -> nn.Module:
+def attention_surgery_(model: nn.Module) -> nn.Module:
     """Rewrite `model` in place so that every attention projection and output projection is an `nn.Linear`."""
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
@@ -307,7 +307,7 @@ def _tower(name: str) -> str:
 def list_linear_maps(model: nn.Module, *, include_conv: bool = True) -> list[LinearMap]:
     """Every `nn.Linear` (and, by default, `nn.Conv2d`) of a model, with tower and role, in module order.
 
-    Run `attention_surgery` first: before it, MHA q/k/v and the bare projections are invisible here.
+    Run `attention_surgery_` first: before it, MHA q/k/v and the bare projections are invisible here.
     """
     kinds = (nn.Linear, nn.Conv2d) if include_conv else (nn.Linear,)
     out = []

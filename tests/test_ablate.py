@@ -132,12 +132,12 @@ def test_bad_grid_is_input_error(tmp_path, content, match):
 # ------------------------------------------------------------------------------------------ matched truncation
 def test_matched_truncation_keeps_the_smallest_rank_within_the_quant_error(micro_model):
     from qclip.quant.modules import effective_weight
-    from qclip.quant.surgery import attention_surgery
+    from qclip.quant.surgery import attention_surgery_
 
     from qclip.experiments.ablate import matched_truncation
 
     variant, report = matched_truncation(micro_model, "w4a8")
-    fp = attention_surgery(micro_model.model)
+    fp = attention_surgery_(micro_model.model)
     assert report["kept_ranks"] and set(report["kept_ranks"]) == set(report["matched_errors"])
     for name, eps in report["matched_errors"].items():
         w = effective_weight(fp.get_submodule(name)).double().flatten(1)
@@ -154,12 +154,12 @@ def test_matched_truncation_keeps_the_smallest_rank_within_the_quant_error(micro
 
 def test_weight_summary_of_a_truncation(micro_model):
     from qclip.evals.variants import quantize_loaded
-    from qclip.quant.surgery import attention_surgery
+    from qclip.quant.surgery import attention_surgery_
 
     from qclip.experiments.analysis import FpWeights, weight_summary
 
     ref = FpWeights(micro_model.model)
-    same = weight_summary(ref, attention_surgery(copy.deepcopy(micro_model.model)))
+    same = weight_summary(ref, attention_surgery_(copy.deepcopy(micro_model.model)))
     assert same["weight_maps"] == 0 and same["weight_rel_error"] == 0.0 and same["damping"] is None
     truncated, _ = quantize_loaded(micro_model, "rank-f0.5", None)  # truncation needs no calibration data
     out = weight_summary(ref, truncated.model, bins=4)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import MICRO
 from qclip.evals.metrics.temperature import fit_logit_scale, nll_at
-from qclip.quant.api import convert_to_float, quantize_model
+from qclip.quant.api import convert_to_float_, quantize_
 from qclip.quant.export import export_int_, load_int, save_int
 from qclip.quant.lsq import LSQQuantizer, clamp_steps_, lsq_quantize
 from qclip.quant.primitives import (
@@ -23,11 +23,11 @@ from qclip.quant.primitives import (
     qrange,
 )
 from qclip.quant.rotation import HadamardRotation, hadamard, rotation_matrix
-from qclip.quant.smoothquant import apply_smoothquant
+from qclip.quant.smoothquant import apply_smoothquant_
 from qclip.quant.spec import QuantSpec, RankSpec, parse_spec
 from qclip.quant.surgery import (
     LinearMHA,
-    attention_surgery,
+    attention_surgery_,
     is_surgically_changed,
     list_linear_maps,
 )
@@ -78,7 +78,7 @@ def calibrator(name: str):
 @pytest.mark.parametrize("name", ARCHS)
 def test_surgery_is_equivalent_and_keeps_keys(name):
     ref = build(name)
-    cut = attention_surgery(copy.deepcopy(ref))
+    cut = attention_surgery_(copy.deepcopy(ref))
     assert is_surgically_changed(cut) and not is_surgically_changed(ref)
     di, dt = max_diff(ref, cut, name)
     assert di <= 1e-5 and dt <= 1e-5
@@ -87,14 +87,14 @@ def test_surgery_is_equivalent_and_keeps_keys(name):
     assert all(torch.equal(sd_ref[k], sd_cut[k]) for k in sd_ref)
     stock = open_clip.create_model(name)  # stock open_clip loads the surgically changed checkpoint...
     stock.load_state_dict(sd_cut)
-    again = attention_surgery(open_clip.create_model(name))  # ...and a changed model loads a stock one
+    again = attention_surgery_(open_clip.create_model(name))  # ...and a changed model loads a stock one
     again.load_state_dict(sd_ref)
     assert max(max_diff(ref, again.eval(), name)) <= 1e-5
 
 
 @pytest.mark.parametrize("name, vision, text", [(MICRO, 2 * 6 + 1 + 1, 2 * 6 + 1), (DEMO_MODEL_NAME, 19 + 4, 4 * 6 + 1)])
 def test_surgery_exposes_every_linear_map(name, vision, text):
-    model = attention_surgery(build(name))
+    model = attention_surgery_(build(name))
     maps = list_linear_maps(model)
     assert sum(m.tower == "vision" for m in maps) == vision
     assert sum(m.tower == "text" for m in maps) == text
@@ -110,7 +110,7 @@ def test_surgery_exposes_every_linear_map(name, vision, text):
 
 
 def test_vit_b32_shaped_coverage():
-    model = attention_surgery(open_clip.create_model("ViT-B-32"))
+    model = attention_surgery_(open_clip.create_model("ViT-B-32"))
     maps = list_linear_maps(model, include_conv=False)
     per_tower = {t: sum(m.tower == t for m in maps) for t in ("vision", "text")}
     assert per_tower == {"vision": 12 * 6 + 1, "text": 12 * 6 + 1}  # q,k,v,out,fc1,fc2 per block + projection
@@ -245,7 +245,7 @@ def test_rotation_leaves_float_function_unchanged(name):
     ref = build(name)
     spec = QuantSpec(w_bits=8, a_bits=None, method="rotation", scope="vision+text")
     rot = copy.deepcopy(ref)
-    attention_surgery(rot)
+    attention_surgery_(rot)
     from qclip.quant.modules import (
         quantize_module_,  # rotation alone: fold Hᵀ into W, rotate inputs online
     )
@@ -284,7 +284,7 @@ def test_truncation_ranks_match_numpy_svd():
 
 def test_rank_spec_through_quantize_model():
     model = build(MICRO)
-    report = quantize_model(model, "rank-k4")
+    report = quantize_(model, "rank-k4")
     assert report.truncation and all(r.kept == 4 for r in report.truncation)
     assert all(m.tower == "vision" for m in report.maps)
 
@@ -292,8 +292,8 @@ def test_rank_spec_through_quantize_model():
 # ----------------------------------------------------------------------------------------------- SmoothQuant
 def test_smoothquant_leaves_float_function_unchanged():
     ref = build(MICRO)
-    smooth = attention_surgery(copy.deepcopy(ref))
-    n = apply_smoothquant(smooth, ("visual", "transformer"), calibrator(MICRO), alpha=0.5)
+    smooth = attention_surgery_(copy.deepcopy(ref))
+    n = apply_smoothquant_(smooth, ("visual", "transformer"), calibrator(MICRO), alpha=0.5)
     assert n == 2 * 2 * 2  # 2 towers x 2 blocks x (ln_1 -> qkv, ln_2 -> fc1)
     di, dt = max_diff(ref, smooth, MICRO)
     assert di <= 1e-5 and dt <= 1e-5
@@ -301,13 +301,13 @@ def test_smoothquant_leaves_float_function_unchanged():
                            ref.visual.transformer.resblocks[0].ln_1.weight)
 
 
-# ---------------------------------------------------------------------------------------------- quantize_model
+# ---------------------------------------------------------------------------------------------- quantize_
 @pytest.mark.parametrize("spec", ["w8a8", "w6a8", "w4a8", "w8a8-smoothquant", "w8a8-rot", "w8a8-lsq", "w8a8-rot-lsq",
                                   "w8a8-mse", "w8a8-pct", "w8a8-ema", "w4-g16", "w8a8-vt"])
 def test_quantize_model_runs_and_covers_scope(spec):
     ref = build(MICRO)
     model = copy.deepcopy(ref)
-    report = quantize_model(model, spec, calibrator(MICRO))
+    report = quantize_(model, spec, calibrator(MICRO))
     parsed = parse_spec(spec)
     assert report.coverage["vision"] == (14, 14)
     assert report.coverage["text"] == ((13, 13) if parsed.scope == "vision+text" else (0, 13))
@@ -323,19 +323,37 @@ def test_more_bits_means_less_error():
     errors = []
     for bits in (3, 4, 6, 8):
         model = copy.deepcopy(ref)
-        quantize_model(model, f"w{bits}", None)
+        quantize_(model, f"w{bits}", None)
         with torch.no_grad():
             errors.append((model.encode_image(x) - ref.encode_image(x)).norm().item())
     assert errors == sorted(errors, reverse=True)
 
 
+def _snapshot(model: nn.Module) -> tuple[list, dict, bool]:
+    """Module types, state dict and mode: what a refused call must leave as it was."""
+    return [type(m) for m in model.modules()], {k: v.clone() for k, v in model.state_dict().items()}, model.training
+
+
+def _unchanged(model: nn.Module, before: tuple[list, dict, bool]) -> bool:
+    types, state, training = before
+    now = model.state_dict()
+    return ([type(m) for m in model.modules()] == types and now.keys() == state.keys()
+            and all(torch.equal(now[k], v) for k, v in state.items()) and model.training == training)
+
+
 def test_quantize_model_needs_calibration_and_a_fresh_model():
-    model = build(MICRO)
+    model = build(MICRO).train()
+    before = _snapshot(model)
     with pytest.raises(ValueError, match="calibrate"):
-        quantize_model(model, "w8a8")
-    quantize_model(model, "w8", None)
+        quantize_(model, "w8a8")
+    assert _unchanged(model, before)  # refused before surgery, eval() or any quantizer
+    with pytest.raises(TypeError, match="callable"):
+        quantize_(model, "w8", calibrate="not a function")
+    assert _unchanged(model, before)
+    quantize_(model, "w8", None)
+    assert not _unchanged(model, before)
     with pytest.raises(ValueError, match="already quantized"):
-        quantize_model(model, "w8", None)
+        quantize_(model, "w8", None)
 
 
 # ------------------------------------------------------------------------------------------ temperature tuning
@@ -399,7 +417,7 @@ def test_int_export_save_load_round_trip(spec, tmp_path):
     ref = build(MICRO)
     model = copy.deepcopy(ref)
     parsed = parse_spec(spec)
-    quantize_model(model, parsed, calibrator(MICRO))
+    quantize_(model, parsed, calibrator(MICRO))
     fake = copy.deepcopy(model)
     n = export_int_(model, parsed)
     assert n == (13 if parsed.scope == "vision" else 26)
@@ -416,10 +434,10 @@ def test_int_export_save_load_round_trip(spec, tmp_path):
 def test_float_export_loads_in_stock_open_clip(tmp_path):
     ref = build(MICRO)
     model = copy.deepcopy(ref)
-    quantize_model(model, "w4a8-lsq", calibrator(MICRO))
+    quantize_(model, "w4a8-lsq", calibrator(MICRO))
     expected = model.visual.transformer.resblocks[0].mlp.c_fc.weight_quant(
         model.visual.transformer.resblocks[0].mlp.c_fc.weight).detach()
-    convert_to_float(model)
+    convert_to_float_(model)
     assert type(model.visual.transformer.resblocks[0].mlp.c_fc) is nn.Linear
     torch.testing.assert_close(model.visual.transformer.resblocks[0].mlp.c_fc.weight, expected)
     torch.save(model.state_dict(), tmp_path / "float.pt")
@@ -431,7 +449,6 @@ def test_float_export_loads_in_stock_open_clip(tmp_path):
 @pytest.mark.parametrize("xshape, sshape", [((6, 40), (6, 1)), ((6, 40), ()), ((4, 8, 5, 5), (8, 1, 1)),
                                             ((4, 8, 5, 5), (4, 1, 1, 1))])
 def test_fused_lsq_equals_autograd_reference(xshape, sshape):
-    from qclip.quant.lsq import lsq_quantize_reference
 
     g = torch.Generator().manual_seed(3)
     x = torch.randn(*xshape, generator=g) * 0.4
@@ -450,11 +467,11 @@ def test_fused_lsq_equals_autograd_reference(xshape, sshape):
 
 @pytest.mark.parametrize("backend", ["lsq", "torchao"])
 def test_prepare_train_convert_qat(backend, tmp_path):
-    from qclip.quant.qat import convert_qat, prepare_qat
+    from qclip.quant.qat import convert_qat_, prepare_qat_
 
     ref = build(MICRO)
     model = copy.deepcopy(ref)
-    report = prepare_qat(model, "w4a8", calibrator(MICRO), backend=backend)
+    report = prepare_qat_(model, "w4a8", calibrator(MICRO), backend=backend)
     assert report.coverage["vision"] == (14, 14)
     x, t = inputs(MICRO)
     model.train()
@@ -466,7 +483,7 @@ def test_prepare_train_convert_qat(backend, tmp_path):
     opt.step()
     changed = [n for n, p in model.named_parameters() if n in before and not torch.equal(p, before[n])]
     assert changed, "no quantizer scale was trained"
-    convert_qat(model.eval())
+    convert_qat_(model.eval())
     kinds = {type(model.get_submodule(m.name)) for m in list_linear_maps(model)}
     assert kinds <= {nn.Linear, nn.Conv2d, __import__("qclip.quant.surgery", fromlist=["x"]).ProjectionLinear}
     torch.save(model.state_dict(), tmp_path / "qat.pt")
@@ -476,14 +493,14 @@ def test_prepare_train_convert_qat(backend, tmp_path):
 
 
 def test_qat_rejects_untrainable_recipes():
-    from qclip.quant.qat import prepare_qat
+    from qclip.quant.qat import prepare_qat_
 
     with pytest.raises(ValueError, match="cannot be trained"):
-        prepare_qat(build(MICRO), "w8a8-smoothquant", calibrator(MICRO))
+        prepare_qat_(build(MICRO), "w8a8-smoothquant", calibrator(MICRO))
     with pytest.raises(ValueError, match="'lsq' backend"):
-        prepare_qat(build(MICRO), "w4a8-rot-lsq", calibrator(MICRO), backend="torchao")
+        prepare_qat_(build(MICRO), "w4a8-rot-lsq", calibrator(MICRO), backend="torchao")
     with pytest.raises(ValueError, match="backend"):
-        prepare_qat(build(MICRO), "w4a8-lsq", calibrator(MICRO), backend="tensorrt")
+        prepare_qat_(build(MICRO), "w4a8-lsq", calibrator(MICRO), backend="tensorrt")
 
 
 @pytest.mark.parametrize("beta, shift", [(20.0, 0.0), (20.0, 0.4), (60.0, -0.2), (5.0, 0.1)])
@@ -494,3 +511,26 @@ def test_logit_scale_fit_converges_for_shifted_cosines(beta, shift):
     ref = minimize_scalar(lambda b: nll_at(b, cos, labels), bounds=(0.01, 1000), method="bounded",
                           options={"xatol": 1e-8})
     assert math.exp(fit_logit_scale(cos, labels)) == pytest.approx(ref.x, rel=1e-4)
+
+
+def lsq_quantize_reference(x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int, g: float) -> torch.Tensor:
+    """LSQ written with straight-through tricks (autograd derives the gradients): the fused operator's reference."""
+    from qclip.quant.lsq import grad_scale, round_ste
+
+    s = grad_scale(step, g)
+    return round_ste(torch.clamp(x * (1.0 / s), qmin, qmax)) * s
+
+
+
+def test_prepare_qat_refuses_before_touching_the_model():
+    from qclip.quant.qat import prepare_qat_
+
+    model = build(MICRO).train()
+    before = _snapshot(model)
+    with pytest.raises(ValueError, match="calibrate"):
+        prepare_qat_(model, "w4a8-lsq", None, backend="torchao")
+    with pytest.raises(ValueError, match="backend"):
+        prepare_qat_(model, "w4a8-lsq", None, backend="nope")
+    with pytest.raises(ValueError, match="cannot be trained"):
+        prepare_qat_(model, "w4a8-smoothquant", None)
+    assert _unchanged(model, before)

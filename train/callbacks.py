@@ -75,21 +75,21 @@ class ExportQAT(L.Callback):
     @rank_zero_only
     def on_fit_end(self, trainer, pl_module) -> None:
         from qclip.quant.export import export_int_, save_int
-        from qclip.quant.qat import convert_qat
+        from qclip.quant.qat import convert_qat_
         from qclip.quant.spec import parse_spec
 
         from qclip.io.models import model_config, save_open_clip_dir
 
         out = Path(self.dirpath or Path(trainer.default_root_dir) / "export")
         model_cfg, preprocess_cfg = model_config(pl_module.hparams.model)
-        plain = convert_qat(copy.deepcopy(pl_module.model).cpu().eval())
+        plain = convert_qat_(copy.deepcopy(pl_module.model).cpu().eval())
         save_open_clip_dir(plain, model_cfg, out / "float", preprocess_cfg)
         spec_text = pl_module.hparams.quant
         if self.int_export and spec_text:
             spec = parse_spec(spec_text)
             int_model = copy.deepcopy(pl_module.model).cpu().eval()
             if pl_module.hparams.backend == "torchao":  # torchao fake quantizers: fold them first
-                int_model = convert_qat(int_model)
+                int_model = convert_qat_(int_model)
             export_int_(int_model, spec.with_(method="rtn") if spec.learns_scales else spec)
             save_int(int_model, out / "model_int.pt")
         print(f"qclip: exported {out / 'float'}" + (f" and {out / 'model_int.pt'}" if spec_text else ""))

@@ -77,22 +77,22 @@ class QATCLIPModule(L.LightningModule):
         if hp.distill_weight > 0:
             self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False)
         if hp.quant:
-            from qclip.quant.qat import prepare_qat
+            from qclip.quant.qat import prepare_qat_
 
             def calibrate(model):
                 for images in calib:
                     model.encode_image(images)
 
-            report = prepare_qat(self.model, hp.quant, calibrate if calib else None, backend=hp.backend)
+            report = prepare_qat_(self.model, hp.quant, calibrate if calib else None, backend=hp.backend)
             self._penalised = [m.name for m in report.maps if m.role != "patch_embed"]
         if hp.spectral_on in ("weights", "both"):
             if not self._penalised:
-                from qclip.quant.surgery import attention_surgery, list_linear_maps
+                from qclip.quant.surgery import attention_surgery_, list_linear_maps
 
-                self._penalised = [m.name for m in list_linear_maps(attention_surgery(self.model))
+                self._penalised = [m.name for m in list_linear_maps(attention_surgery_(self.model))
                                    if m.tower == "vision" and m.role != "patch_embed"]
             self.weight_penalty = SpectralTailPenalty(k=rank_spec(hp.spectral_k), refresh_every=hp.spectral_refresh)
-        self._freeze_batchnorm()  # last: prepare_qat restores train mode on every submodule
+        self._freeze_batchnorm()  # last: prepare_qat_ restores train mode on every submodule
 
     def train(self, mode: bool = True):
         """Switch modes; the frozen teacher always stays in eval mode (its BatchNorm statistics never move), and

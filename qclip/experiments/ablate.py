@@ -22,7 +22,7 @@ from qclip.evals.suite import (
     ReliabilitySuite,
     SuiteConfig,
     numeric_metrics,
-    spurious_changes,
+    spurious_changes_,
 )
 from qclip.evals.zeroshot import model_fingerprint
 
@@ -89,18 +89,18 @@ def matched_truncation(fp: LoadedModel, spec_text: str) -> tuple[LoadedModel, Qu
 
     Each map in the spec's scope keeps the smallest rank whose relative Frobenius error does not exceed the
     relative error of its quantized weight (activations play no part: only the weight quantizer is applied)."""
-    from qclip.quant.api import quantize_model, towers_of
+    from qclip.quant.api import quantize_, towers_of
     from qclip.quant.modules import effective_weight
     from qclip.quant.spec import parse_spec
-    from qclip.quant.surgery import attention_surgery, list_linear_maps
+    from qclip.quant.surgery import attention_surgery_, list_linear_maps
     from qclip.quant.truncation import truncate_to_errors_
 
     spec = parse_spec(spec_text)
     if spec.method == "smoothquant":
         raise ValueError("rank-match needs weights in the original basis; SmoothQuant rescales them")
     wq = copy.deepcopy(fp.model)
-    quantize_model(wq, replace(spec, a_bits=None, method="rotation" if "rotation" in spec.method else "rtn"))
-    model = attention_surgery(copy.deepcopy(fp.model))
+    quantize_(wq, replace(spec, a_bits=None, method="rotation" if "rotation" in spec.method else "rtn"))
+    model = attention_surgery_(copy.deepcopy(fp.model))
     maps = [m for m in list_linear_maps(model) if m.tower in towers_of(spec.scope)]
     modules = {m.name: model.get_submodule(m.name) for m in maps}
     errors = {}
@@ -185,7 +185,7 @@ def _evaluate_cell(cfg: GridConfig, cell: Cell, group: _Group, device: str, data
     if cell.kind != "fp":
         from qclip.evals.metrics import relative_changes
 
-        spurious_changes(fp_metrics, metrics)
+        spurious_changes_(fp_metrics, metrics)
         delta = relative_changes(numeric_metrics(fp_metrics), numeric_metrics(metrics))
     t2 = time.perf_counter()
     fp_feats, _ = group.suite.id_features(group.fp, group.fp_key)

@@ -12,7 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 from qclip.quant.modules import effective_weight
-from qclip.quant.surgery import attention_surgery, list_linear_maps
+from qclip.quant.surgery import attention_surgery_, list_linear_maps
 from qclip.spectral.features import (
     band_accuracy,
     band_sqnr,
@@ -37,7 +37,7 @@ class FpWeights:
     """The FP model's linear maps (after attention surgery on a copy) and their singular values, computed once."""
 
     def __init__(self, model: torch.nn.Module, *, method: str = "svd"):
-        model = attention_surgery(copy.deepcopy(model))
+        model = attention_surgery_(copy.deepcopy(model))
         self.maps = {m.name: m for m in list_linear_maps(model)}
         self.weights = {n: model.get_submodule(n).weight.detach().float().cpu() for n in self.maps}
         self.sigmas = dict(zip(self.weights, svdvals_batched(list(self.weights.values()), method=method)))
@@ -52,7 +52,7 @@ def weight_spectra(fp: FpWeights, other: torch.nn.Module | None, *,
     w_q: list = [None] * len(fp.maps)
     s_q: list = [None] * len(fp.maps)
     if other is not None:
-        attention_surgery(other)
+        attention_surgery_(other)
         w_q = [effective_weight(other.get_submodule(name)) for name in fp.maps]
         s_q = svdvals_batched(w_q, method=fp.method)
     layers, sigmas = [], []

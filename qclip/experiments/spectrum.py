@@ -27,7 +27,9 @@ from qclip.evals.zeroshot import model_fingerprint, zero_shot_classifier
 from qclip.spectral.features import band_accuracy, band_name, feature_basis, parse_bands
 
 from qclip.io.data import resolve_dataset
+from qclip.io.errors import ConfigError
 from qclip.io.models import LoadedModel, load_model
+from qclip.io.validate import PRECISIONS, check_choice, check_float, check_int, check_str
 
 from .analysis import FpWeights, own_basis_accuracy, sqnr_profile, weight_spectra
 from .plots import plot_band_accuracy, plot_sigma_spectra, plot_sqnr
@@ -53,6 +55,33 @@ class SpectrumConfig:
     precision: str = "fp32"
     frequency_images: int = 512
     perturbation_std: float = 0.1
+
+    def __post_init__(self):
+        from qclip.quant.spec import parse_spec
+
+        check_str("model", self.model)
+        for name in ("pretrained", "features"):
+            check_str(name, getattr(self, name), optional=True)
+        for name in ("quant", "truncate"):
+            text = check_str(name, getattr(self, name), optional=True)
+            if text is not None:
+                try:
+                    spec = parse_spec(text)
+                except ValueError as exc:
+                    raise ConfigError(f"bad {name} {text!r}: {exc}") from None
+                if name == "truncate" and spec.kind != "rank":
+                    raise ConfigError(f"truncate must be a rank-truncation spec (rank-k16, rank-e0.9, rank-f0.5), "
+                                      f"got {text!r}")
+        check_int("limit", self.limit, minimum=1, optional=True)
+        try:
+            parse_bands(self.bands)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        check_choice("svd", self.svd, ("svd", "gram"))
+        check_float("top_fraction", self.top_fraction, low=0.0, high=1.0, low_open=True)
+        check_choice("precision", self.precision, PRECISIONS)
+        check_int("frequency_images", self.frequency_images, minimum=0)
+        check_float("perturbation_std", self.perturbation_std, low=0.0, low_open=True)
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-__all__ = ["QclipInputError", "ModelLoadError", "DataError", "one_line"]
+__all__ = ["QclipInputError", "ConfigError", "ModelLoadError", "DataError", "one_line"]
 
 
 class QclipInputError(ValueError):
     """A user-supplied name, path or file is unusable; the message says which and why."""
+
+
+class ConfigError(QclipInputError):
+    """A configuration value (CLI flag, grid key, config field) has the wrong type or is out of range."""
 
 
 class ModelLoadError(QclipInputError):
