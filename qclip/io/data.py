@@ -1,7 +1,9 @@
 """Datasets for zero-shot evaluation: CLIP_benchmark wds shards (plain or gzip, local or HTTP) and ImageFolder.
 
 Names: `wds/NAME` resolves to `<data root>/wds_NAME/<split>/` (the data root comes from `--data-root`, else
-`$QCLIP_DATA_ROOT`, else the public CLIP_benchmark location, whose shards are fetched into the user cache);
+`$QCLIP_DATA_ROOT`, else the user cache `<cache>/data`, where a registered dataset is built from its pinned source
+on first use (see `qclip.io.registry` and docs/data.md), else the public CLIP_benchmark location for other names,
+whose shards are fetched into the user cache);
 `imagefolder:PATH` (or a plain folder path) reads a torchvision ImageFolder tree.
 """
 
@@ -106,11 +108,32 @@ def _lines(text: str | None) -> tuple[str, ...]:
 def resolve_dataset(name: str, data_root: str | os.PathLike | None = None, split: str = "test") -> DatasetSpec:
     """Resolve `wds/NAME`, `imagefolder:PATH` or a folder path into a `DatasetSpec` (remote shards are fetched)."""
     if name.startswith("wds/"):
-        return _resolve_wds(name, resolve_data_root(data_root), split)
+        return _resolve_wds(name, _wds_root(name, data_root), split)
     path = name[len("imagefolder:"):] if name.startswith("imagefolder:") else name
     if os.path.isdir(path):
         return _resolve_imagefolder(name, Path(path), split)
     raise DataError(f"unknown dataset '{name}': use wds/NAME (under the data root) or imagefolder:PATH")
+
+
+def _wds_root(name: str, data_root: str | os.PathLike | None) -> str:
+    """The data root for `wds/NAME`: `--data-root`, else `$QCLIP_DATA_ROOT`, else the user cache for a registered
+    dataset (built there on first use, see `qclip.io.registry`), else the public CLIP_benchmark location."""
+    if data_root or os.environ.get("QCLIP_DATA_ROOT"):
+        return resolve_data_root(data_root)
+    from . import registry
+
+    short = name[len("wds/"):]
+    if short and registry.canonical_name(short) == short:
+        return str(registry.ensure_dataset(short).parent)
+    return REMOTE_DATA_ROOT
+
+
+def _not_found_hint(short: str, root: str) -> str:
+    from . import registry
+
+    if registry.canonical_name(short) == short:
+        return f"build it with: {registry.fetch_command(short, root)}"
+    return "set --data-root or QCLIP_DATA_ROOT"
 
 
 def _resolve_wds(name: str, root: str, split: str) -> DatasetSpec:
@@ -119,7 +142,7 @@ def _resolve_wds(name: str, root: str, split: str) -> DatasetSpec:
         raise DataError(f"bad dataset name '{name}': expected wds/NAME")
     base = _wds_base(root, short)
     if not is_url(base) and not os.path.isdir(base):
-        raise DataError(f"dataset '{name}' not found: no folder {base} (set --data-root or QCLIP_DATA_ROOT)")
+        raise DataError(f"dataset '{name}' not found: no folder {base} ({_not_found_hint(short, root)})")
     nshards_text = _read_meta(base, f"{split}/nshards.txt", short, required=True)
     try:
         nshards = int(nshards_text.strip())
