@@ -228,15 +228,13 @@ def _cmd_spectrum(args: argparse.Namespace) -> int:
 
     from .experiments.spectrum import SpectrumConfig, run_spectrum
 
-    for spec_text in (args.quant, args.truncate):
-        _parse_quant(spec_text)
+    cfg = SpectrumConfig(model=args.model, pretrained=args.pretrained, quant=args.quant, features=args.features,
+                         limit=args.limit, bands=args.bands, truncate=args.truncate, svd=args.svd,
+                         precision=args.precision, frequency_images=args.frequency_images)  # validates (exit 2)
     if args.model == "demo":
         from .train.demo import ensure_demo_model
 
         ensure_demo_model(data_root=args.data_root, progress=not args.no_progress)
-    cfg = SpectrumConfig(model=args.model, pretrained=args.pretrained, quant=args.quant, features=args.features,
-                         limit=args.limit, bands=args.bands, truncate=args.truncate, svd=args.svd,
-                         precision=args.precision, frequency_images=args.frequency_images)
     run = None
     if args.wandb:
         import wandb
@@ -359,9 +357,16 @@ def _run_fit(argv: list[str]) -> int:
         run_fit(argv)
     except SystemExit as exc:  # jsonargparse exits 2 on a bad config, 0 on --help
         return int(exc.code or 0)
-    except (QclipInputError, ValueError) as exc:  # bad values reaching the module / datamodule constructors
+    except QclipInputError as exc:  # bad values the module / datamodule constructors or the loaders refused
         print(f"qclip: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("qclip: interrupted", file=sys.stderr)
+        return 130
+    except Exception:  # a bug, not bad input: the traceback is for a bug report
+        traceback.print_exc()
+        print("qclip: internal error (see the traceback above)", file=sys.stderr)
+        return EXIT_INTERNAL
     return EXIT_OK
 
 

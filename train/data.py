@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from qclip.io.data import WdsImageDataset, make_loader, resolve_dataset
+from qclip.io.validate import check_int, check_str
 
 __all__ = ["template_index", "CaptionedWds", "TokenizeCollate", "PairDataModule"]
 
@@ -67,6 +68,16 @@ class PairDataModule(L.LightningDataModule):
                  val_split: str = "test", batch_size: int = 128, num_workers: int = 2, train_limit: int | None = None,
                  val_limit: int | None = 2000, calib_pairs: int = 1000, seed: int = 0):
         super().__init__()
+        check_str("dataset", dataset)
+        check_str("data_root", data_root, optional=True)
+        check_str("train_split", train_split)
+        check_str("val_split", val_split)
+        check_int("batch_size", batch_size, minimum=1)
+        check_int("num_workers", num_workers, minimum=0)
+        check_int("train_limit", train_limit, minimum=1, optional=True)
+        check_int("val_limit", val_limit, minimum=1, optional=True)
+        check_int("calib_pairs", calib_pairs, minimum=0)
+        check_int("seed", seed, minimum=0)
         self.save_hyperparameters()
         self.preprocess: Callable | None = None
         self.tokenizer: Callable | None = None

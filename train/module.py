@@ -21,9 +21,11 @@ import torch
 import torch.nn.functional as F
 from qclip.evals.metrics import ece, softmax_probs
 from qclip.evals.zeroshot import build_zero_shot_classifier, topk_accuracy
-from qclip.spectral.penalties import SpectralTailPenalty, rank_spec
+from qclip.spectral.penalties import SpectralTailPenalty, rank_spec, resolve_rank
 
+from qclip.io.errors import ConfigError
 from qclip.io.models import load_model
+from qclip.io.validate import check_choice, check_float, check_int, check_str
 
 from .losses import contrastive_loss, distill_mse, feature_spectral_penalty
 from .schedule import warmup_cosine
@@ -38,6 +40,33 @@ def is_quantizer_parameter(name: str) -> bool:
     return any(part in name for part in _QUANTIZER_PARTS)
 
 
+def _validate(hp: dict) -> None:
+    """Check the module's hyper-parameters before anything is built; a bad one is a `ConfigError` (exit 2)."""
+    check_str("model", hp["model"])
+    check_str("pretrained", hp["pretrained"], optional=True)
+    if check_str("quant", hp["quant"], optional=True) is not None:
+        from qclip.quant.spec import parse_spec
+
+        try:
+            parse_spec(hp["quant"])
+        except ValueError as exc:
+            raise ConfigError(f"bad model.quant {hp['quant']!r}: {exc}") from None
+    check_choice("backend", hp["backend"], ("lsq", "torchao"))
+    check_choice("spectral_on", hp["spectral_on"], ("features", "weights", "both"))
+    for name in ("distill_weight", "contrastive_weight", "spectral_lambda", "weight_decay"):
+        check_float(name, hp[name], low=0.0)
+    if hp["contrastive_weight"] == 0 and hp["distill_weight"] == 0:
+        raise ConfigError("contrastive_weight and distill_weight cannot both be 0")
+    for name in ("lr", "scale_lr"):
+        check_float(name, hp[name], low=0.0, low_open=True)
+    check_int("warmup_steps", hp["warmup_steps"], minimum=0)
+    check_int("spectral_refresh", hp["spectral_refresh"], minimum=1)
+    try:
+        resolve_rank(rank_spec(hp["spectral_k"]), 1)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"bad spectral_k {hp['spectral_k']!r}: {exc}") from None
+
+
 class QATCLIPModule(L.LightningModule):
     """LightningModule wrapping any `evals.load_model` source with QAT fake quantizers from `quant`."""
 
@@ -48,12 +77,7 @@ class QATCLIPModule(L.LightningModule):
                  spectral_k: float = 0.25, spectral_on: Literal["features", "weights", "both"] = "features",
                  spectral_refresh: int = 10, freeze_bn: bool = False):
         super().__init__()
-        if spectral_on not in ("features", "weights", "both"):
-            raise ValueError(f"spectral_on must be 'features', 'weights' or 'both', got {spectral_on!r}")
-        if distill_weight < 0 or spectral_lambda < 0 or contrastive_weight < 0:
-            raise ValueError("distill_weight, contrastive_weight and spectral_lambda must be >= 0")
-        if contrastive_weight == 0 and distill_weight == 0:
-            raise ValueError("contrastive_weight and distill_weight cannot both be 0")
+        _validate(locals())
         self.save_hyperparameters()
         self.model: torch.nn.Module | None = None
         self.teacher: torch.nn.Module | None = None
