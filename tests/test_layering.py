@@ -1,0 +1,103 @@
+"""The package map holds: imports point one way (spectral, quant -> io -> evals -> train -> experiments -> CLI),
+and nothing outside the `qclip` namespace is installed or imported as a top-level project package."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# package -> (folder, layer); a module may import its own layer's package and any lower layer, never a higher one
+PACKAGES = {
+    "qclip.spectral": ("spectral", 0),
+    "qclip.quant": ("quant", 0),
+    "qclip.io": ("qclip/io", 1),
+    "qclip.evals": ("evals", 2),
+    "qclip.train": ("train", 3),
+    "qclip.experiments": ("qclip/experiments", 4),
+    "qclip": ("qclip", 5),  # the CLI and the package root
+}
+# spectral and quant share the bottom layer but stay independent of each other and of everything else
+INDEPENDENT = {"qclip.spectral": {"qclip.spectral"}, "qclip.quant": {"qclip.quant"}}
+
+
+def _modules() -> list[tuple[str, Path]]:
+    out = []
+    for package, (folder, _) in PACKAGES.items():
+        root = REPO / folder
+        files = [p for p in root.glob("**/*.py")] if package != "qclip" else list(root.glob("*.py"))
+        for path in files:
+            rel = path.relative_to(root).with_suffix("")
+            parts = [p for p in rel.parts if p != "__init__"]
+            out.append((".".join([package, *parts]), path))
+    return out
+
+
+def _package_of(module: str) -> str:
+    """The longest package of PACKAGES that `module` lies in."""
+    best = ""
+    for package in PACKAGES:
+        if (module == package or module.startswith(package + ".")) and len(package) > len(best):
+            best = package
+    return best
+
+
+def _imports(module: str, path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    is_pkg = path.name == "__init__.py"
+    base = module.split(".") if is_pkg else module.split(".")[:-1]
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                anchor = base[:len(base) - (node.level - 1)]
+                target = ".".join(anchor + ([node.module] if node.module else []))
+                found += [target] if node.module else [f"{target}.{a.name}" for a in node.names]
+            elif node.module:
+                found.append(node.module)
+    return found
+
+
+MODULES = _modules()
+
+
+def test_every_package_folder_has_modules():
+    assert {_package_of(m) for m, _ in MODULES} == set(PACKAGES)
+    assert len(MODULES) > 40
+
+
+@pytest.mark.parametrize("module, path", MODULES, ids=[m for m, _ in MODULES])
+def test_imports_point_one_way(module, path):
+    own = _package_of(module)
+    layer = PACKAGES[own][1]
+    for target in _imports(module, path):
+        top = target.split(".")[0]
+        assert top not in ("spectral", "quant", "evals", "train"), f"{module} imports top-level {target!r}"
+        if top != "qclip":
+            continue
+        other = _package_of(target)
+        if own in INDEPENDENT:
+            assert other in INDEPENDENT[own], f"{module} ({own}) must not import {target}"
+        assert PACKAGES[other][1] <= layer, f"{module} (layer {layer}) imports {target} (layer {PACKAGES[other][1]})"
+
+
+def test_the_checker_sees_an_upward_import(tmp_path):
+    """The walker itself: an io module importing experiments is caught, a relative import is resolved."""
+    fake = tmp_path / "m.py"
+    fake.write_text("from qclip.experiments import report\nfrom ..evals import suite\n")
+    assert _imports("qclip.io.m", fake) == ["qclip.experiments", "qclip.evals"]
+    assert PACKAGES[_package_of("qclip.experiments.report")][1] > PACKAGES["qclip.io"][1]
+
+
+def test_only_the_qclip_namespace_is_installed():
+    import tomllib
+
+    cfg = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert all(p == "qclip" or p.startswith("qclip.") for p in cfg["packages"])
+    assert set(cfg["package-dir"]) <= {"qclip", *PACKAGES}
+    assert {cfg["package-dir"][p] for p in ("qclip.spectral", "qclip.quant", "qclip.evals", "qclip.train")} == {
+        "spectral", "quant", "evals", "train"}
