@@ -19,7 +19,7 @@ __all__ = ["make_calibrator", "parse_quant_arg", "quantize_loaded"]
 def make_calibrator(loaded: LoadedModel, spec: DatasetSpec, *, batches: int = 8, batch_size: int = 64,
                     device: str | torch.device = "cpu", data_root: str | None = None,
                     text: bool = True) -> Callable[[nn.Module], None]:
-    """A `calibrate(model)` callable for `quant.quantize_`: image batches, then (optionally) all prompts."""
+    """A `calibrate(model)` callable for `qclip.quant.quantize_`: image batches, then (optionally) all prompts."""
     images = calibration_images(spec, loaded.preprocess, batches=batches, batch_size=batch_size,
                                 data_root=data_root)
     prompts = [t.replace("{c}", c) for c in spec.classnames for t in spec.templates]

@@ -26,7 +26,7 @@ def qrange(bits: int, symmetric: bool) -> tuple[int, int]:
 
 def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None, qmin: int,
                   qmax: int) -> torch.Tensor:
-    """Quantize-dequantize with broadcastable scale / zero point (no gradient trick; see `quant.lsq` for STE)."""
+    """Quantize-dequantize with broadcastable scale / zero point (no gradient trick; see `qclip.quant.lsq` for STE)."""
     q = torch.round(x * (1.0 / scale))
     if zero_point is not None:
         q = q + zero_point

@@ -68,7 +68,7 @@ def _validate(hp: dict) -> None:
 
 
 class QATCLIPModule(L.LightningModule):
-    """LightningModule wrapping any `evals.load_model` source with QAT fake quantizers from `quant`."""
+    """LightningModule wrapping any `qclip.io.models.load_model` source with QAT fake quantizers from `qclip.quant`."""
 
     def __init__(self, model: str = "demo", pretrained: str | None = None, quant: str | None = "w4a8-lsq",
                  backend: Literal["lsq", "torchao"] = "lsq", distill_weight: float = 0.0,

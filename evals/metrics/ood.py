@@ -1,6 +1,6 @@
 """OOD detection scores (higher = more in-distribution) and detection metrics with ID as the positive class.
 
-Two softmaxes (DESIGN.md): `mcm_score` takes the raw cosine similarities `cos` [N, C] and applies
+Two softmaxes (docs/conventions.md): `mcm_score` takes the raw cosine similarities `cos` [N, C] and applies
 `softmax(cos / T)` with T = 1 (MCM, Ming et al. 2022); the other scores take the calibration-convention logits
 `logit_scale.exp() * cos`. `SCORE_INPUTS` says which input each entry of `SCORES` expects.
 

@@ -1,6 +1,6 @@
 """`qclip ablate`: run an ablation grid through the one-pass reliability suite, resumably and in shards.
 
-Each cell (see `evals.grid`) is built from the model's full-precision reference, evaluated on every dataset of the
+Each cell (see `qclip.experiments.grid`) is built from the model's full-precision reference, evaluated on every dataset of the
 grid by one `ReliabilitySuite` per (model, seed) — so the FP features and metrics, text classifiers and decoded
 images are computed once and reused — and analysed spectrally against the FP model: relative weight error and
 singular-value damping of the changed linear maps, per-rank SQNR of the ID features in the FP feature basis,
@@ -77,7 +77,7 @@ def merge_results(cfg: GridConfig, out: str | os.PathLike) -> tuple[list[CellRec
 
 
 def write_grid_report(cfg: GridConfig, records: list[CellRecord], out: str | os.PathLike) -> dict:
-    """The report of a complete grid (see `evals.report.write_report`)."""
+    """The report of a complete grid (see `qclip.experiments.report.write_report`)."""
     from .report import write_report
 
     return write_report(records, out, title=f"qclip ablation: {cfg.name}", grid=asdict(cfg))

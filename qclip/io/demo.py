@@ -2,7 +2,7 @@
 
 Its architecture is data (`model_configs/qclip-demo.json`, registered with open_clip as `qclip-demo`). Trained
 weights live in a `local-dir:`-style folder (`open_clip_config.json` + `open_clip_model.safetensors`) under the
-user cache; `train.demo.ensure_demo_model()` creates them on first use.
+user cache; `qclip.train.demo.ensure_demo_model()` creates them on first use.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Result documents: library versions and atomic JSON writes (the record itself is built by `evals.suite`)."""
+"""Result documents: library versions and atomic JSON writes (the record itself is built by
+`qclip.evals.suite`). Writes the JSON file it is given, atomically."""
 
 from __future__ import annotations
 
