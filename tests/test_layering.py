@@ -18,6 +18,7 @@ PACKAGES = {
     "qclip.train": ("train", 3),
     "qclip.experiments": ("qclip/experiments", 4),
     "qclip": ("qclip", 5),  # the CLI and the package root
+    "qclip.commands": ("qclip/commands", 5),  # one module per CLI command
 }
 # spectral and quant share the bottom layer but stay independent of each other and of everything else
 INDEPENDENT = {"qclip.spectral": {"qclip.spectral"}, "qclip.quant": {"qclip.quant"}}

@@ -1,0 +1,79 @@
+"""`qclip ablate`: an ablation grid, resumable and shardable, with its report."""
+
+from __future__ import annotations
+
+import argparse
+
+from .flags import device_of, positive_int
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub) -> None:
+    """Register `qclip ablate` and its flags."""
+    ab = sub.add_parser("ablate", help="the ablation grid (quant methods x bits x scopes, rank truncation) through "
+                        "the reliability suite and spectra, resumable and shardable, with a report")
+    ab.add_argument("--config", required=True, help="grid YAML (see configs/demo.yaml)")
+    ab.add_argument("--out", required=True, help="output folder: store/ (JSONL per shard), results.jsonl, "
+                    "results.csv, report.md, plots/")
+    ab.add_argument("--shard", default=None, metavar="I/N", help="evaluate shard I of N (1-based) of the grid; "
+                    "N processes or machines can share one --out folder")
+    ab.add_argument("--merge", action="store_true", help="evaluate nothing: merge the shard stores and write the "
+                    "report (every cell must be stored)")
+    ab.add_argument("--limit", type=positive_int, default=None, help="override the grid's ID sample limit")
+    ab.add_argument("--ood-limit", type=positive_int, default=None, help="override the grid's OOD/shift limit")
+    ab.add_argument("--data-root", default=None)
+    ab.add_argument("--wandb", action="store_true", help="log every cell to wandb (offline unless configured)")
+    ab.add_argument("--wandb-project", default="qclip")
+    ab.add_argument("--no-cache", action="store_true", help="recompute text classifiers and features")
+    ab.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    ab.add_argument("--batch-size", type=positive_int, default=None, help="override the grid's batch size")
+    ab.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    ab.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    ab.add_argument("--image-cache-mb", type=float, default=2048.0, help="memory for decoded images reused across "
+                    "cells (stored as uint8; a dataset that does not fit is decoded again per cell; 0: off)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    from qclip.experiments.ablate import merge_results, run_grid, write_grid_report
+    from qclip.experiments.grid import grid_data_root, load_grid, parse_shard
+    from qclip.io.errors import QclipInputError
+
+    cfg = load_grid(args.config, limit=args.limit, ood_limit=args.ood_limit)
+    shard = parse_shard(args.shard)
+    data_root = grid_data_root(cfg, args.data_root)
+    if args.merge:
+        records, missing = merge_results(cfg, args.out)
+        if missing:
+            raise QclipInputError(f"{len(missing)} of {len(records) + len(missing)} cells are not stored yet "
+                                  f"(first: {missing[0].id}); run the remaining shards first")
+        summary = write_grid_report(cfg, records, args.out)
+        print(f"merged {len(records)} cells -> {summary['report']}")
+        return 0
+    if any(m["name"] == "demo" for m in cfg.models):
+        from qclip.train.demo import ensure_demo_model
+
+        ensure_demo_model(data_root=data_root, progress=not args.no_progress)
+    run = None
+    if args.wandb:
+        import wandb
+
+        run = wandb.init(project=args.wandb_project, mode=os.environ.get("WANDB_MODE", "offline"), dir=args.out,
+                         config={"grid": cfg.key(), "name": cfg.name, "shard": args.shard}, job_type="ablate")
+    try:
+        summary = run_grid(cfg, args.out, shard=shard, data_root=data_root, device=device_of(args.device),
+                           batch_size=args.batch_size, num_workers=args.workers, progress=not args.no_progress,
+                           use_cache=not args.no_cache, wandb_run=run, image_cache_mb=args.image_cache_mb)
+    finally:
+        if run is not None:
+            run.finish()
+    line = (f"shard {shard[0]}/{shard[1]}: {summary['evaluated']} cells evaluated, {summary['skipped']} already "
+            f"stored")
+    if "report" in summary:
+        line += f" -> {summary['report']['report']}"
+    elif summary["missing"]:
+        line += f"; {len(summary['missing'])} cells of other shards pending (then: qclip ablate ... --merge)"
+    print(line)
+    return 0
