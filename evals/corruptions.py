@@ -10,6 +10,10 @@ an int seed (a CPU generator, so a seed gives the same corruption on every devic
 x's device). Known departures from the references, all documented where they happen: motion blur is a line-kernel
 re-implementation of ImageMagick's MotionBlurImage (the `imagecorruptions` numpy port, exactly); impulse noise flips
 each value independently (scikit-image >= 0.19 semantics); JPEG round-trips through PIL on the CPU.
+
+Why one module of ~450 lines: the ten corruptions share their parameter tables (two resolutions × five severities),
+the generator handling and the `corrupt`/`parse_corruptions` entry points; each function is a few lines, and
+splitting them would spread one table over several files. Writes nothing.
 """
 
 from __future__ import annotations
