@@ -18,6 +18,7 @@ from qclip.evals.metrics import (SCORE_INPUTS, SCORES, adaptive_ece, aupr, auroc
                            brier, delta_rsg, ece, ece_floor, energy_score, fpr_at_95_tpr, max_logit_score, mce,
                            mcm_score, msp_score, neg_entropy_score, nll, ood_metrics, relative_change,
                            relative_changes, reliability_bins, rsg, softmax_probs, vuln_add)
+from qclip.evals.metrics import debiased_ece, paired_bootstrap_diff
 
 
 # --- MCM's FPR95 (deeplearning-wisc/MCM, utils/detection_util.py), transcribed as the reference -------------------
@@ -128,6 +129,77 @@ def test_ece_floor_shrinks_with_n_and_is_seeded():
     assert ece_floor(_two_level_probs([(0.7, 100)]), n_draws=500, seed=1) != small
     with pytest.raises(ValueError, match="n_draws"):
         ece_floor(_two_level_probs([(0.7, 10)]), n_draws=1)
+
+
+# debiased ℓ2 calibration error (Kumar, Liang & Ma 2019) ----------------------------------------------------------
+
+def test_debiased_ece_hand_computed():
+    # two equal-mass bins of 4: conf .5 with 1 right of 4 (ȳ = .25, gap² = .0625, variance term .25·.75/3 = .0625)
+    # and conf .9 all right (gap² = .01, variance term 0): (4·0 + 4·.01) / 8 = .005; the plug-in would be .03625
+    conf = torch.tensor([0.9, 0.5, 0.9, 0.5, 0.9, 0.5, 0.9, 0.5], dtype=torch.float64)
+    right = [True, True, True, False, True, False, True, False]
+    probs = torch.stack([conf, 1 - conf], 1)
+    labels = torch.tensor([0 if r else 1 for r in right])
+    assert debiased_ece(probs, labels, n_bins=2, squared=True) == pytest.approx(0.005, abs=1e-15)
+    assert debiased_ece(probs, labels, n_bins=2) == pytest.approx(math.sqrt(0.005), abs=1e-15)
+    # one bin: ȳ = 5/8, p̄ = .7: (.075² − (5/8)(3/8)/7) < 0, so the root form clips to 0
+    neg = 0.075 ** 2 - (5 / 8) * (3 / 8) / 7
+    assert debiased_ece(probs, labels, n_bins=1, squared=True) == pytest.approx(neg, abs=1e-15) and neg < 0
+    assert debiased_ece(probs, labels, n_bins=1) == 0.0
+    with pytest.raises(ValueError, match="at least 2 samples per bin"):
+        debiased_ece(probs, labels, n_bins=5)
+
+
+@pytest.mark.parametrize("seed,n,c,n_bins", [(0, 500, 10, 15), (1, 1000, 3, 10), (2, 257, 100, 15), (3, 60, 5, 4)])
+def test_debiased_ece_matches_torch_uncertainty(seed, n, c, n_bins):
+    # torch-uncertainty's adaptive-bin ℓ2 with debias=True (a private helper; its metric classes don't expose
+    # debias) uses the same tensor_split equal-mass bins and the same Var(ȳ_b) estimate, and returns the clipped root
+    ace = pytest.importorskip("torch_uncertainty.metrics.classification.calibration.adaptive_calibration_error")
+    probs, labels = random_probs(seed, n, c)
+    conf, pred = probs.max(1)
+    ref = ace._ace_compute(conf, (pred == labels).double(), n_bins, norm="l2", debias=True)
+    assert debiased_ece(probs, labels, n_bins=n_bins) == pytest.approx(float(ref), abs=1e-12)
+
+
+def _synthetic_binary(seed: int, n: int, slope: float) -> tuple[np.ndarray, np.ndarray, torch.Tensor, torch.Tensor]:
+    """conf ~ U(0.5, 1) and correct ~ Bernoulli(g(conf)), g(c) = 0.5 + slope·(c − 0.5), as 2-class probs."""
+    rng = np.random.default_rng(seed)
+    conf = rng.uniform(0.5, 1.0, n)
+    right = rng.random(n) < 0.5 + slope * (conf - 0.5)
+    probs = torch.from_numpy(np.stack([conf, 1 - conf], 1))
+    return conf, right, probs, torch.from_numpy((~right).astype(np.int64))
+
+
+def _plugin_l2_squared(conf: np.ndarray, right: np.ndarray, n_bins: int) -> float:
+    """Plug-in binned ℓ2² over the same equal-mass bins: Σ_b (n_b/N)(ȳ_b − p̄_b)²."""
+    order = np.argsort(conf, kind="stable")
+    return sum(len(b) * (right[b].mean() - conf[b].mean()) ** 2 for b in np.array_split(order, n_bins)) / len(conf)
+
+
+@pytest.mark.parametrize("slope,true_sq", [
+    # g(c) = 0.5 + 0.8(c − 0.5): gap 0.2(c − 0.5), E[gap²] = 0.04·Var(U(0, ½)) = 0.04·(1/4)/3 = 1/300
+    (0.8, 1 / 300),
+    # g(c) = c: perfectly calibrated, true ℓ2 CE = 0
+    (1.0, 0.0),
+])
+def test_debiased_ece_recovers_known_l2_error(slope, true_sq):
+    n, seeds = 300, 400  # 15 bins of 20: the plug-in's variance bias Σ_b w_b ȳ(1 − ȳ)/n_b ≈ 0.01 swamps 1/300
+    deb, plug = [], []
+    for seed in range(seeds):
+        conf, right, probs, labels = _synthetic_binary(seed, n, slope)
+        deb.append(debiased_ece(probs, labels, squared=True))
+        plug.append(_plugin_l2_squared(conf, right, 15))
+    deb, plug = np.array(deb), np.array(plug)
+    se = deb.std(ddof=1) / math.sqrt(seeds)
+    assert abs(deb.mean() - true_sq) < 4 * se  # unbiased for the (binned) squared error
+    assert plug.mean() - true_sq > 10 * se  # while the plug-in is biased upward
+    truth = math.sqrt(true_sq)
+    roots = np.sqrt(np.maximum(deb, 0))
+    assert np.abs(roots - truth).mean() < 0.7 * np.abs(np.sqrt(plug) - truth).mean()
+    if true_sq == 0:  # centred on 0, so the squared form is often negative
+        assert 0.3 < (deb < 0).mean() < 0.7
+    conf, right, probs, labels = _synthetic_binary(0, n, slope)
+    assert debiased_ece(probs, labels) == pytest.approx(math.sqrt(max(deb[0], 0.0)), abs=1e-15)
 
 
 def test_bins_are_right_closed():
@@ -372,3 +444,49 @@ def test_bootstrap_two_sample_deterministic_and_validated():
     assert a == bootstrap_ci_two_sample(auroc, ids, oods, n_boot=100, seed=5)
     with pytest.raises(ValueError, match="first dimension"):
         bootstrap_ci(ece, torch.rand(5, 3), torch.zeros(4, dtype=torch.long))
+
+
+def _acc1(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((probs.argmax(1) == labels).double().mean())
+
+
+def _two_models(seed: int, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Two correlated models on the same samples: b is a perturbed a."""
+    probs_a, labels = random_probs(seed, n, 10)
+    g = torch.Generator().manual_seed(seed + 100)
+    probs_b = torch.softmax(torch.log(probs_a) + 0.8 * torch.randn(n, 10, generator=g, dtype=torch.float64), 1)
+    return probs_a, probs_b, labels
+
+
+def test_paired_bootstrap_diff_matches_numpy_resamples():
+    probs_a, probs_b, labels = _two_models(0, 500)
+    diff, low, high = paired_bootstrap_diff(_acc1, (probs_a, labels), (probs_b, labels), n_boot=300, seed=11,
+                                            alpha=0.1)
+    right_a = (probs_a.argmax(1) == labels).numpy().astype(float)
+    right_b = (probs_b.argmax(1) == labels).numpy().astype(float)
+    assert diff == pytest.approx(right_a.mean() - right_b.mean(), abs=1e-15)
+    # the documented index stream: the r-th torch.randint(N, (N,)) of Generator(seed), shared by both models
+    gen = torch.Generator().manual_seed(11)
+    idx = [torch.randint(500, (500,), generator=gen).numpy() for _ in range(300)]
+    diffs = np.array([right_a[i].mean() - right_b[i].mean() for i in idx])
+    ref = np.quantile(diffs, [0.05, 0.95])
+    assert (low, high) == pytest.approx(tuple(ref), abs=1e-12)
+    assert low < diff < high
+    # pairing matters: the same model against itself gives exactly zero in every resample
+    assert paired_bootstrap_diff(_acc1, (probs_a, labels), (probs_a, labels), n_boot=50) == (0.0, 0.0, 0.0)
+
+
+def test_paired_bootstrap_diff_shrinks_with_n_and_validates():
+    widths = []
+    for n in (200, 5000):
+        probs_a, probs_b, labels = _two_models(1, n)
+        right_a, right_b = (probs_a.argmax(1) == labels).double(), (probs_b.argmax(1) == labels).double()
+        # acc1 from per-sample correctness (a bare tensor counts as a one-array tuple)
+        _, low, high = paired_bootstrap_diff(lambda r: float(r.mean()), right_a, right_b, n_boot=200)
+        widths.append(high - low)
+    assert widths[1] < 0.4 * widths[0]  # ~1/√25 = 0.2 in theory
+    probs_a, probs_b, labels = _two_models(2, 50)
+    with pytest.raises(ValueError, match="same samples"):
+        paired_bootstrap_diff(_acc1, (probs_a, labels), (probs_b[:40], labels[:40]))
+    with pytest.raises(ValueError, match="n_boot"):
+        paired_bootstrap_diff(_acc1, (probs_a, labels), (probs_b, labels), n_boot=0)

@@ -1,4 +1,5 @@
-"""Percentile bootstrap confidence intervals for metrics of paired arrays or of two independent groups."""
+"""Percentile bootstrap confidence intervals for metrics of paired arrays, of two independent groups, and of the
+difference of a metric between two models scored on the same samples."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Callable, Sequence
 
 import torch
 
-__all__ = ["bootstrap_ci", "bootstrap_ci_two_sample"]
+__all__ = ["bootstrap_ci", "bootstrap_ci_two_sample", "paired_bootstrap_diff"]
 
 
 def _as_arrays(arrays: Sequence[torch.Tensor] | torch.Tensor, name: str) -> list[torch.Tensor]:
@@ -60,3 +61,26 @@ def bootstrap_ci_two_sample(metric: Callable[..., float], a_arrays: Sequence[tor
     a, b = _as_arrays(a_arrays, "a_arrays"), _as_arrays(b_arrays, "b_arrays")
     gen = torch.Generator().manual_seed(seed)
     return _interval([float(metric(*_draw(a, gen), *_draw(b, gen))) for _ in range(n_boot)], alpha)
+
+
+def paired_bootstrap_diff(metric: Callable[..., float], a: Sequence[torch.Tensor] | torch.Tensor,
+                          b: Sequence[torch.Tensor] | torch.Tensor, *, n_boot: int = 1000, alpha: float = 0.05,
+                          seed: int = 0) -> tuple[float, float, float]:
+    """(diff, low, high): diff = metric(*a) − metric(*b) on the full data and its percentile interval over `n_boot`
+    paired resamples, where `a` and `b` hold per-sample arrays of two models over the SAME N samples (e.g.
+    `(probs_fp, labels)` and `(probs_q, labels)`) and every resample applies one index draw to both.
+
+    Resample r uses the r-th `torch.randint(N, (N,))` of a CPU `torch.Generator().manual_seed(seed)`, as in
+    `bootstrap_ci`; the interval is `torch.quantile` (linear) at α/2 and 1 − α/2 of the resampled differences.
+    """
+    _check(n_boot, alpha)
+    a_arr, b_arr = _as_arrays(a, "a"), _as_arrays(b, "b")
+    if a_arr[0].shape[0] != b_arr[0].shape[0]:
+        raise ValueError(f"a and b must cover the same samples, got N = {a_arr[0].shape[0]} and {b_arr[0].shape[0]}")
+    diff = float(metric(*a_arr)) - float(metric(*b_arr))
+    gen = torch.Generator().manual_seed(seed)
+    values = []
+    for _ in range(n_boot):
+        drawn = _draw(a_arr + b_arr, gen)
+        values.append(float(metric(*drawn[:len(a_arr)])) - float(metric(*drawn[len(a_arr):])))
+    return (diff, *_interval(values, alpha))

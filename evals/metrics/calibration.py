@@ -1,4 +1,5 @@
-"""Top-label calibration metrics (ECE, adaptive ECE, MCE, NLL, Brier) and reliability-diagram bins. Writes nothing.
+"""Top-label calibration metrics (ECE, adaptive ECE, debiased ℓ2 CE, MCE, NLL, Brier) and reliability-diagram
+bins. Writes nothing.
 
 Convention (docs/conventions.md, "Two softmaxes"): calibration is measured on the calibration-convention logits
 `logit_scale.exp() * cos`, softmaxed by `softmax_probs`; never on MCM's `softmax(cos / T)`. Functions named
@@ -13,8 +14,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["softmax_probs", "ece", "ece_floor", "adaptive_ece", "mce", "nll", "brier", "reliability_bins",
-           "ece_from_bins"]
+__all__ = ["softmax_probs", "ece", "ece_floor", "adaptive_ece", "debiased_ece", "mce", "nll", "brier",
+           "reliability_bins", "ece_from_bins"]
 
 _SIMPLEX_ATOL = 1e-3  # float16/bfloat16 softmax rows are off by a few 1e-4
 
@@ -120,6 +121,40 @@ def adaptive_ece(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) ->
         if group.numel():  # fewer samples than bins leaves some groups empty
             total += (correct[group].sum() - conf[group].sum()).abs()
     return float(total / conf.numel())
+
+
+def debiased_ece(probs: torch.Tensor, labels: torch.Tensor, *, n_bins: int = 15, squared: bool = False) -> float:
+    """Debiased top-label ℓ2 calibration error over equal-mass bins (Kumar, Liang & Ma 2019, "Verified Uncertainty
+    Calibration", NeurIPS; their `calibration` library's `get_calibration_error(..., debias=True)` with p = 2).
+
+    Bins are those of `adaptive_ece` (sort by top-label confidence, `n_bins` near-equal groups). With bin weight
+    w_b = n_b/N, bin accuracy ȳ_b and bin mean confidence p̄_b, the squared estimate is
+
+        Σ_b w_b · [(ȳ_b − p̄_b)² − ȳ_b(1 − ȳ_b)/(n_b − 1)],
+
+    i.e. the plug-in binned ℓ2² minus each bin's unbiased estimate of Var(ȳ_b), which removes the plug-in's upward
+    bias of order n_bins/N. `squared=True` returns this unbiased estimate of the binned ℓ2² error itself; it can be
+    slightly negative (around a perfectly calibrated model it centres on 0). The default returns the root value
+    sqrt(max(estimate, 0)), in probability units like `ece`, as Kumar et al.'s library does. Every bin needs at
+    least 2 samples, so N ≥ 2·n_bins.
+    """
+    _check_bins(n_bins)
+    conf, correct = _top_label(probs, labels)
+    n = conf.numel()
+    if n < 2 * n_bins:
+        raise ValueError(f"debiased_ece needs at least 2 samples per bin: N = {n} < 2 * n_bins = {2 * n_bins}")
+    order = torch.argsort(conf, stable=True)
+    # bin of each sorted position with torch.tensor_split's sizes (the first n % n_bins bins hold one extra), by
+    # arithmetic: repeat_interleave's thread pool stalls for ms on a busy CPU
+    q, r = divmod(n, n_bins)
+    pos = torch.arange(n, device=conf.device)
+    bin_of = torch.where(pos < r * (q + 1), pos // (q + 1), r + (pos - r * (q + 1)) // q)
+    count = torch.full((n_bins,), float(q), dtype=torch.float64, device=conf.device)
+    count[:r] += 1
+    acc = torch.bincount(bin_of, weights=correct.index_select(0, order), minlength=n_bins) / count
+    mean_conf = torch.bincount(bin_of, weights=conf.index_select(0, order), minlength=n_bins) / count
+    est = float((count * ((acc - mean_conf) ** 2 - acc * (1 - acc) / (count - 1))).sum() / n)
+    return est if squared else math.sqrt(max(est, 0.0))
 
 
 def mce(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
