@@ -5,9 +5,21 @@ Definitions (σ sorted descending, p_i = σ_i² / Σσ²):
 - stable rank  = ‖W‖²_F / ‖W‖²_2 = Σσ² / σ_max²;
 - effective rank = exp(H(p)) (Roy & Vetterli's entropy rank, on the energy distribution p = σ²/Σσ²);
 - spectral entropy = H(p) / log(r), in [0, 1];
-- power-law alpha: Clauset–Shalizi–Newman continuous MLE α = 1 + n / Σ ln(λ_i / λ_min) on the eigenvalues
-  λ = σ² of WᵀW (the empirical spectral density WeightWatcher fits), with λ_min chosen by minimising the
-  Kolmogorov–Smirnov distance between the empirical and fitted tails.
+- power-law alpha (`alpha`, `powerlaw_alpha_ww`): WeightWatcher 0.7.7's `alpha` of `WeightWatcher.analyze()` with
+  its defaults (Martin & Mahoney, "Implicit self-regularization in deep neural networks", JMLR 2021; "Predicting
+  trends in the quality of state-of-the-art neural networks without access to training or testing data",
+  Nat. Commun. 2021). On the empirical spectral density (ESD) λ = σ² of WᵀW — for a Conv2d [out, in, kh, kw]
+  the pooled σ² of its kh·kw per-position [out, in] matrices, each scaled by 1/√2 (`layer_eigenvalues`) —
+  λ ≤ 1e-5 is dropped, and for every candidate xmin = λ_(i) (all sorted eigenvalues but the largest) the
+  continuous MLE α_i = 1 + n_i / Σ_{λ≥xmin} ln(λ/xmin) is scored by the one-sided Kolmogorov–Smirnov distance
+  D_i = max_k |1 − (λ_(i+k)/xmin)^(1−α_i) − k/n_i|; alpha is α at the first minimal D. Fewer than 20 kept
+  eigenvalues switch to WeightWatcher's small-N rule (bias-corrected α = 1 + (n−1)/Σ ln(λ/xmin), tails ≥ 8,
+  minimal D); fewer than 8 eigenvalues in all: no alpha (WeightWatcher skips the layer).
+- `alpha_clauset2` (`powerlaw_alpha`): the Clauset–Shalizi–Newman (SIAM Rev. 2009) continuous MLE on the same
+  λ with xmin chosen by the two-sided KS distance and a minimum tail of 10 eigenvalues. It is not
+  WeightWatcher's number: the different xmin rule moves alpha a little on most layers and by tens on some.
+WeightWatcher's alpha is reproduced to rounding (|Δα| ≤ 1e-11 on a ViT-B-32) only from float64 eigenvalues:
+float32 singular values move small eigenvalues enough to change the chosen xmin on some layers.
 """
 
 from __future__ import annotations
@@ -19,8 +31,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-__all__ = ["as_matrix", "svdvals_batched", "stable_rank", "effective_rank", "spectral_entropy", "powerlaw_alpha",
-           "damping_ratio", "error_energy_split", "layer_statistics"]
+__all__ = ["as_matrix", "svdvals_batched", "layer_eigenvalues", "layer_eigenvalues_batched", "stable_rank",
+           "effective_rank", "spectral_entropy", "powerlaw_alpha", "powerlaw_alpha_ww", "damping_ratio",
+           "error_energy_split", "layer_statistics"]
+
+WW_EVALS_THRESH = 1e-5  # WeightWatcher's EVALS_THRESH: eigenvalues at or below it are not fitted
+WW_MIN_EVALS = 8  # WeightWatcher's DEFAULT_MIN_EVALS: layers with fewer eigenvalues are skipped
+WW_SMALL_N = 20  # WeightWatcher's SMALL_N_CUTOFF: fewer kept eigenvalues use the small-N fit
+WW_SMALL_N_MIN_TAIL = 8  # the small-N fit's minimum tail (k_min)
+WW_CONV2D_SCALE = 0.5  # conv2d_norm=True scales each Conv2d slice by sqrt(1/2), i.e. its eigenvalues by 1/2
 
 
 def as_matrix(weight: torch.Tensor) -> torch.Tensor:
@@ -81,6 +100,54 @@ def svdvals_batched(weights: list[torch.Tensor], *, dtype: torch.dtype = torch.f
     return out
 
 
+def _check_layer_weight(weight: torch.Tensor) -> None:
+    if weight.dim() not in (2, 4):
+        raise ValueError(f"layer_eigenvalues expects a linear weight [out, in] or a Conv2d weight [out, in, kh, kw], "
+                         f"got shape {tuple(weight.shape)}")
+    if weight.numel() == 0:
+        raise ValueError(f"layer_eigenvalues got an empty weight of shape {tuple(weight.shape)}")
+    if not bool(torch.isfinite(weight.detach()).all()):
+        raise ValueError(f"layer_eigenvalues got a weight of shape {tuple(weight.shape)} with non-finite entries")
+
+
+@torch.no_grad()
+def layer_eigenvalues_batched(weights: list[torch.Tensor], *, conv2d_norm: bool = True) -> list[torch.Tensor]:
+    """`layer_eigenvalues` of many layers, the float64 SVDs batched by shape through `svdvals_batched`."""
+    mats: list[torch.Tensor] = []
+    spans: list[tuple[int, int, bool]] = []
+    for w in weights:
+        _check_layer_weight(w)
+        w = w.detach().float()  # WeightWatcher reads weights as float32, then decomposes them in float64
+        if w.dim() == 2:
+            spans.append((len(mats), len(mats) + 1, False))
+            mats.append(w)
+        else:
+            out_ch, in_ch, kh, kw = w.shape
+            spans.append((len(mats), len(mats) + kh * kw, True))
+            mats.extend(w.permute(2, 3, 0, 1).reshape(kh * kw, out_ch, in_ch).unbind(0))  # W[:, :, i, j]
+    sigmas = svdvals_batched(mats, dtype=torch.float64, method="svd")
+    out = []
+    for lo, hi, conv in spans:
+        lam = torch.cat(sigmas[lo:hi]) ** 2
+        if conv and conv2d_norm:
+            lam = lam * WW_CONV2D_SCALE
+        out.append(torch.sort(lam, descending=True).values)
+    return out
+
+
+def layer_eigenvalues(weight: torch.Tensor, *, conv2d_norm: bool = True) -> torch.Tensor:
+    """A layer's ESD the WeightWatcher way: eigenvalues λ = σ² (float64, descending), Conv2d slices pooled.
+
+    Linear / embedding weight [out, in]: the min(out, in) eigenvalues of WᵀW, unnormalised. Conv2d weight
+    [out, in, kh, kw]: the min(out, in) eigenvalues of each kernel position's [out, in] matrix W[:, :, i, j], pooled
+    (kh·kw·min(out, in) values) and, with `conv2d_norm` (WeightWatcher's default), halved — WeightWatcher 0.7.7
+    scales every slice by sqrt(1/2). As in WeightWatcher the weight is rounded to float32 and then decomposed in
+    float64 (float32 singular values shift small eigenvalues enough to move the fitted xmin on some layers). Feed
+    the result to `powerlaw_alpha_ww(..., eigenvalues=True)` or `layer_statistics(s, esd=...)`.
+    """
+    return layer_eigenvalues_batched([weight], conv2d_norm=conv2d_norm)[0]
+
+
 def _energy(s: torch.Tensor) -> torch.Tensor:
     e = s.double() ** 2
     return e / e.sum().clamp(min=1e-300)
@@ -107,10 +174,12 @@ def spectral_entropy(s: torch.Tensor) -> float:
 
 
 def powerlaw_alpha(s: torch.Tensor, *, min_tail: int = 10, eigenvalues: bool = False) -> dict[str, float]:
-    """Power-law exponent of the ESD tail (Clauset MLE, KS-chosen λ_min), like WeightWatcher's `alpha`.
+    """Power-law exponent of the ESD tail by Clauset, Shalizi & Newman (2009): two-sided-KS xmin, ≥ `min_tail` points.
 
-    `s` are singular values (λ = σ²) unless `eigenvalues=True`. Returns alpha, xmin, the KS distance and the
-    tail size; alpha is NaN when fewer than `min_tail` positive eigenvalues exist.
+    This is `alpha_clauset2` in `layer_statistics`, not WeightWatcher's `alpha` (see `powerlaw_alpha_ww`): the
+    KS distance here is two-sided (max of |F − k/n| and |F − (k+1)/n|) and tails shorter than `min_tail` are never
+    chosen. `s` are singular values (λ = σ²) unless `eigenvalues=True`. Returns alpha, xmin, the KS distance and
+    the tail size; alpha is NaN when fewer than `min_tail` positive eigenvalues exist.
     """
     lam = (s.double() if eigenvalues else s.double() ** 2)
     lam = torch.sort(lam[lam > 0]).values
@@ -143,6 +212,90 @@ def powerlaw_alpha(s: torch.Tensor, *, min_tail: int = 10, eigenvalues: bool = F
     return {"alpha": float(alpha[i]), "xmin": float(lam[cand[i]]), "ks": float(best_ks[i]), "n_tail": int(n[i])}
 
 
+def _ww_tail_fits(x: torch.Tensor, cand: torch.Tensor, *,
+                  bias_corrected: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For ascending eigenvalues x and ascending candidate xmin indices: tail MLE α, one-sided KS D, Σ ln(λ/xmin)."""
+    n_all = x.numel()
+    logs = x.log()
+    alphas = torch.empty(cand.numel(), dtype=torch.float64)
+    ds = torch.empty(cand.numel(), dtype=torch.float64)
+    sums = torch.empty(cand.numel(), dtype=torch.float64)
+    zero = torch.zeros((), dtype=torch.float64)
+    rows = max(1, (1 << 18) // n_all)  # candidates per chunk: [rows, n] temporaries of about 2 MB
+    for start in range(0, cand.numel(), rows):
+        c = cand[start:start + rows]
+        first = int(c[0])  # columns left of the chunk's first candidate are in no tail
+        pos = torch.arange(first, n_all)[None, :] - c[:, None]  # rank of λ_j in the tail from λ_c (< 0: outside)
+        tail = pos >= 0
+        log_ratio = torch.where(tail, logs[None, first:] - logs[c, None], zero)  # ln(λ_j / xmin) ≥ 0 in the tail
+        s = log_ratio.sum(1)
+        n = (n_all - c).double()
+        a = 1.0 + (n - 1.0 if bias_corrected else n) / s  # s = 0 (a flat tail) gives inf, as in WeightWatcher
+        expo = (1.0 - a)[:, None] * log_ratio
+        expo = torch.where(log_ratio == 0, zero, expo)  # (λ/xmin)^(1−α) = 1 at λ = xmin, also for α = inf
+        fit = 1.0 - expo.exp()  # the fitted power-law CDF at each tail point
+        dev = torch.where(tail, (fit - pos.double() / n[:, None]).abs(), zero)
+        alphas[start:start + rows] = a
+        ds[start:start + rows] = dev.amax(1)
+        sums[start:start + rows] = s
+    return alphas, ds, sums
+
+
+def powerlaw_alpha_ww(s: torch.Tensor, *, eigenvalues: bool = False, min_evals: int = WW_MIN_EVALS,
+                      thresh: float = WW_EVALS_THRESH) -> dict[str, float]:
+    """WeightWatcher 0.7.7's power-law `alpha` (default `analyze()`: pl_package "ww", no fix_fingers, no xmax).
+
+    Definition (Martin & Mahoney 2021; WeightWatcher's WWFit): drop λ ≤ `thresh`; sort the n kept λ ascending;
+    for every candidate xmin = λ_(i), i < n − 1, fit α_i = 1 + n_i / Σ_{k<n_i} ln(λ_(i+k) / xmin) on the n_i = n − i
+    tail and score it by the one-sided KS distance D_i = max_k |1 − (λ_(i+k)/xmin)^(1−α_i) − k/n_i|; alpha is α_i
+    at the first minimal D_i (a flat tail gives α = inf). With n < 20 the small-N rule applies instead: the
+    bias-corrected α_i = 1 + (n_i − 1) / Σ ln(λ/xmin) over tails n_i ≥ 8 with Σ ln > 1e-12, again at the first
+    minimal D_i (WWFit computes a D − 0.868/√n objective there but its constructor re-selects by D); with no such
+    tail the whole spectrum is the tail, and a flat spectrum gets alpha = 0 (WeightWatcher's unset value). `s` are
+    singular values (λ = σ²) unless `eigenvalues=True`; for WeightWatcher's numbers on a convolution pass
+    `layer_eigenvalues(weight)`. Returns alpha, xmin, the KS distance D and the tail size (λ ≥ xmin); alpha is NaN
+    where WeightWatcher skips the layer (fewer than `min_evals` eigenvalues in all) or its fit fails (fewer than
+    two eigenvalues above `thresh`; it reports -1 there). Its other default filters (layers with more than 15000
+    eigenvalues or a dimension above 50000 are skipped) are not applied: such layers still get an alpha.
+    """
+    if s.dim() != 1:
+        what = "eigenvalues" if eigenvalues else "singular values"
+        raise ValueError(f"powerlaw_alpha_ww expects a 1-D tensor of {what}, got shape {tuple(s.shape)}")
+    if min_evals < 0 or thresh < 0:
+        raise ValueError(f"min_evals and thresh must be non-negative, got min_evals={min_evals}, thresh={thresh}")
+    lam = s.detach().double() if eigenvalues else s.detach().double() ** 2
+    if bool(torch.isnan(lam).any()):
+        raise ValueError("powerlaw_alpha_ww got NaN eigenvalues")
+    nan = {"alpha": float("nan"), "xmin": float("nan"), "ks": float("nan"), "n_tail": 0}
+    if lam.numel() < max(min_evals, 1):
+        return nan
+    x = torch.sort(lam[lam > thresh]).values
+    n_all = x.numel()
+    if n_all == 0 or not bool(torch.isfinite(x).all()):
+        return nan
+    if n_all >= WW_SMALL_N:
+        alphas, ds, _ = _ww_tail_fits(x, torch.arange(n_all - 1), bias_corrected=False)
+        ds = torch.where(alphas > 1, ds, torch.ones_like(ds))
+        i = int(torch.argmin(ds))  # first minimum, as numpy's argmin
+        alpha, d = float(alphas[i]), float(ds[i])
+    else:  # WWFit's small-N path; its constructor then re-selects by the smallest D (the J objective is unused)
+        if n_all < 2:
+            return nan  # WeightWatcher's fit raises on an empty candidate list and reports the layer as failed
+        cand = torch.arange(n_all - 1)
+        alphas, ds, sums = _ww_tail_fits(x, cand, bias_corrected=True)
+        valid = ((n_all - cand) >= WW_SMALL_N_MIN_TAIL) & (sums > 1e-12) & (alphas > 1)
+        if bool(valid.any()):
+            ds = torch.where(valid, ds, torch.ones_like(ds))
+            i = int(torch.argmin(ds))
+            alpha, d = float(alphas[i]), float(ds[i])
+        elif float(sums[0]) > 1e-12:  # no valid tail: the whole spectrum is the tail
+            i, alpha, d = 0, float(alphas[0]), float(ds[0])
+        else:  # a flat spectrum: WeightWatcher reports its unset alpha, 0
+            i, alpha, d = 0, 0.0, 1.0
+    xmin = float(x[i])
+    return {"alpha": alpha, "xmin": xmin, "ks": d, "n_tail": int((x >= xmin).sum())}
+
+
 def damping_ratio(s_ref: torch.Tensor, s_other: torch.Tensor) -> torch.Tensor:
     """σ_other,i / σ_ref,i per index (below 1: damped); 0/0 gives 1, x/0 gives inf."""
     a, b = s_ref.double(), s_other.double()
@@ -166,9 +319,22 @@ def error_energy_split(weight: torch.Tensor, other: torch.Tensor, k: int) -> dic
             "top_share": top / total if total > 0 else float("nan"), "uniform_share": k / w.shape[0]}
 
 
-def layer_statistics(s: torch.Tensor) -> dict[str, float]:
-    """σ_max, Frobenius energy, stable rank, effective rank, spectral entropy and power-law alpha of one layer."""
+def layer_statistics(s: torch.Tensor, *, esd: torch.Tensor | None = None) -> dict[str, float]:
+    """σ_max, Frobenius energy, stable rank, effective rank, spectral entropy and power-law alphas of one layer.
+
+    `s` are the singular values of the layer's matrix (`svdvals_batched`: convolutions flattened to [out, in·k·k]),
+    used for the rank statistics. The alphas are fitted on `esd`, the eigenvalues the WeightWatcher way
+    (`layer_eigenvalues(weight)`), when given, else on λ = s² — the same thing for a linear layer, not for a
+    convolution; WeightWatcher's number exactly needs float64 eigenvalues (float64 `s`, or `esd`). `alpha*` keys: WeightWatcher's alpha (`powerlaw_alpha_ww`); `alpha_clauset2*` keys: the
+    Clauset–Shalizi–Newman fit with two-sided KS and a 10-eigenvalue minimum tail (`powerlaw_alpha`).
+    """
+    if esd is not None and esd.dim() != 1:
+        raise ValueError(f"esd must be a 1-D tensor of eigenvalues, got shape {tuple(esd.shape)}")
     stats = {"sigma_max": float(s.max()), "frobenius2": float((s.double() ** 2).sum()), "rank": int(s.numel()),
              "stable_rank": stable_rank(s), "effective_rank": effective_rank(s), "spectral_entropy": spectral_entropy(s)}
-    stats.update({f"alpha_{k}" if k != "alpha" else "alpha": v for k, v in powerlaw_alpha(s).items()})
+    lam, is_eig = (s, False) if esd is None else (esd, True)
+    stats.update({"alpha" if k == "alpha" else f"alpha_{k}": v
+                  for k, v in powerlaw_alpha_ww(lam, eigenvalues=is_eig).items()})
+    stats.update({"alpha_clauset2" if k == "alpha" else f"alpha_clauset2_{k}": v
+                  for k, v in powerlaw_alpha(lam, eigenvalues=is_eig).items()})
     return stats

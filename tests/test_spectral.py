@@ -13,7 +13,7 @@ from scipy.stats import entropy
 from qclip.spectral.features import (DEFAULT_BANDS, band_accuracy, band_sqnr, feature_basis, parse_bands, per_rank_sqnr,
                                restrict_to_band, truncate_features)
 from qclip.spectral.weights import (damping_ratio, effective_rank, error_energy_split, layer_statistics, powerlaw_alpha,
-                              spectral_entropy, stable_rank, svdvals_batched)
+                              powerlaw_alpha_ww, spectral_entropy, stable_rank, svdvals_batched)
 
 
 def test_svdvals_batched_matches_numpy_for_mixed_shapes():
@@ -69,8 +69,11 @@ def test_damping_ratio_and_error_split():
 
 
 def test_layer_statistics_keys():
-    stats = layer_statistics(torch.linspace(5, 0.1, 64))
-    assert {"sigma_max", "stable_rank", "effective_rank", "spectral_entropy", "alpha"} <= stats.keys()
+    s = torch.linspace(5, 0.1, 64)
+    stats = layer_statistics(s)
+    assert {"sigma_max", "stable_rank", "effective_rank", "spectral_entropy", "alpha", "alpha_clauset2"} <= stats.keys()
+    assert stats["alpha"] == powerlaw_alpha_ww(s)["alpha"]  # WeightWatcher's definition
+    assert stats["alpha_clauset2"] == powerlaw_alpha(s)["alpha"]  # Clauset et al., two-sided KS
 
 
 def _synthetic(n=6000, d=48, noise=1e-3, seed=0):

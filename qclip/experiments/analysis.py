@@ -11,6 +11,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+
 from qclip.quant.modules import effective_weight
 from qclip.quant.surgery import attention_surgery_, list_linear_maps
 from qclip.spectral.features import (
@@ -23,6 +24,7 @@ from qclip.spectral.weights import (
     damping_ratio,
     effective_rank,
     error_energy_split,
+    layer_eigenvalues_batched,
     layer_statistics,
     svdvals_batched,
 )
@@ -51,17 +53,20 @@ def weight_spectra(fp: FpWeights, other: torch.nn.Module | None, *,
     given)."""
     w_q: list = [None] * len(fp.maps)
     s_q: list = [None] * len(fp.maps)
+    e_q: list = [None] * len(fp.maps)
+    e_fp = layer_eigenvalues_batched(list(fp.weights.values()))  # float64, conv slices pooled: WeightWatcher's alpha
     if other is not None:
         attention_surgery_(other)
         w_q = [effective_weight(other.get_submodule(name)) for name in fp.maps]
         s_q = svdvals_batched(w_q, method=fp.method)
+        e_q = layer_eigenvalues_batched(w_q)
     layers, sigmas = [], []
-    for (name, m), wq, sq in zip(fp.maps.items(), w_q, s_q):
+    for (name, m), ef, wq, sq, eq in zip(fp.maps.items(), e_fp, w_q, s_q, e_q):
         wf, sf = fp.weights[name], fp.sigmas[name]
         row = {"layer": name, "tower": m.tower, "role": m.role, "shape": "x".join(map(str, m.shape))}
-        row.update({f"fp_{k}": v for k, v in layer_statistics(sf).items()})
+        row.update({f"fp_{k}": v for k, v in layer_statistics(sf, esd=ef).items()})
         if sq is not None:
-            row.update({f"q_{k}": v for k, v in layer_statistics(sq).items()})
+            row.update({f"q_{k}": v for k, v in layer_statistics(sq, esd=eq).items()})
             k = max(1, int(top_fraction * sf.numel()))
             row.update({f"err_{k2}": v for k2, v in error_energy_split(wf, wq.float().cpu(), k).items()})
             ratio = damping_ratio(sf, sq)

@@ -1,8 +1,10 @@
 """`qclip spectrum`: weight and feature spectra of a model and its quantized (or truncated) variant, written as
 tidy CSVs and PNG plots (and optionally logged to wandb).
 
-Outputs in DIR: `weights_layers.csv` (one row per linear map: σ_max, stable/effective rank, entropy, alpha for
-FP and quantized, the error's top-subspace share), `weights_sigma.csv` (per layer and index: σ_fp, σ_q,
+Outputs in DIR: `weights_layers.csv` (one row per linear map: σ_max, stable/effective rank, entropy, power-law
+alpha for FP and quantized — `*_alpha` is WeightWatcher 0.7.7's alpha on its eigenvalues (float64, convolution
+slices pooled), `*_alpha_clauset2` a Clauset-style estimator with a two-sided KS xmin — and the error's
+top-subspace share), `weights_sigma.csv` (per layer and index: σ_fp, σ_q,
 σ_q/σ_fp), `features_sqnr.csv` (per rank: signal, error, SQNR), `features_bands.csv` (per model and band:
 SQNR and accuracy), `summary.json`, and `sigma_spectra.png`, `sqnr_vs_rank.png`, `band_accuracy.png`.
 """
@@ -21,15 +23,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
 from qclip.evals.features import dataset_features
 from qclip.evals.variants import quantize_loaded
 from qclip.evals.zeroshot import model_fingerprint, zero_shot_classifier
-from qclip.spectral.features import band_accuracy, band_name, feature_basis, parse_bands
-
 from qclip.io.data import resolve_dataset
 from qclip.io.errors import ConfigError
 from qclip.io.models import LoadedModel, load_model
 from qclip.io.validate import PRECISIONS, check_choice, check_float, check_int, check_str
+from qclip.spectral.features import band_accuracy, band_name, feature_basis, parse_bands
 
 from .analysis import FpWeights, own_basis_accuracy, sqnr_profile, weight_spectra
 from .plots import plot_band_accuracy, plot_sigma_spectra, plot_sqnr
@@ -230,6 +232,7 @@ def _frequency_analysis(cfg, variants, spec, out: Path, device) -> dict:
     from itertools import islice
 
     from qclip.evals.features import split_normalize
+    from qclip.io.data import make_loader
     from qclip.spectral.frequency import (
         BANDS,
         band_energy_fractions,
@@ -238,8 +241,6 @@ def _frequency_analysis(cfg, variants, spec, out: Path, device) -> dict:
         radial_frequencies,
         tokens_to_grid,
     )
-
-    from qclip.io.data import make_loader
 
     from .plots import plot_radial_profiles
 
