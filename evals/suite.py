@@ -32,6 +32,7 @@ from .metrics import (
     bootstrap_ci,
     bootstrap_ci_two_sample,
     brier,
+    debiased_ece,
     delta_rsg,
     ece,
     ece_floor,
@@ -41,6 +42,8 @@ from .metrics import (
     relative_changes,
     reliability_bins,
     rsg,
+    selective_metrics,
+    split_conformal,
     vuln_add,
 )
 from .variants import quantize_loaded
@@ -111,6 +114,33 @@ def calibration_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict:
             "mce": mce(probs, labels), "nll": nll(logits, labels), "brier": brier(probs, labels)}
 
 
+def uncertainty_metrics(probs: torch.Tensor, labels: torch.Tensor, seed: int = 0, alpha: float = 0.1) -> dict:
+    """Debiased calibration error, selective prediction (AURC, AUGRC, accuracy at 80/90% coverage) and
+    split-conformal sets (THR and APS at 1 − `alpha`, calibrated on a seeded half) of one set's probabilities."""
+    out: dict = {"confidence": float(probs.amax(-1).double().mean())}
+    if labels.numel() >= 30:  # 15 equal-mass bins of at least 2 samples
+        out["ece_debiased"] = debiased_ece(probs, labels)
+    out["selective"] = selective_metrics(probs, labels)
+    if labels.numel() >= 4:
+        out["conformal"] = {}
+        for method in ("thr", "aps"):
+            r = split_conformal(probs, labels, alpha=alpha, method=method, seed=seed)
+            out["conformal"][method] = {"coverage": r["coverage"], "set_size": r["set_size"]}
+        out["conformal_alpha"] = alpha
+    return out
+
+
+def set_metrics(logits: torch.Tensor, labels: torch.Tensor, seed: int, keys: tuple[str, ...]) -> dict:
+    """The calibration metrics `keys` of one corrupted or shifted set, with its ECE floor and mean confidence (the
+    report tests calibration claims only where FP's ECE clearly exceeds the floor, and reads over/under-confidence
+    from confidence − acc1)."""
+    cm = calibration_metrics(logits, labels)
+    probs = logits.float().softmax(-1)
+    floor, floor_sd = ece_floor(probs, seed=seed)
+    return {**{k: cm[k] for k in keys}, "ece_floor": floor, "ece_floor_sd": floor_sd,
+            "confidence": float(probs.amax(-1).double().mean())}
+
+
 def ece_after_tuning(cos: torch.Tensor, labels: torch.Tensor, seed: int = 0) -> dict:
     """Fit the logit scale by NLL on one half of a seeded split, report ECE on the other half."""
     from .metrics.temperature import fit_logit_scale
@@ -161,7 +191,7 @@ class ReliabilitySuite:
                                calib_batches=self.cfg.calib_batches, qat_checkpoint=ckpt)
 
     # ----------------------------------------------------------------------------------------------- metrics
-    def _features(self, loaded: LoadedModel, key: str, spec: DatasetSpec, limit, corruption=None):
+    def features(self, loaded: LoadedModel, key: str, spec: DatasetSpec, limit, corruption=None):
         """Features of one (model, dataset, corruption): extracted once per run (memo), cached on disk."""
         memo_key = (key, spec.name, spec.split, limit, corruption)
         if memo_key not in self._memo:
@@ -174,11 +204,38 @@ class ReliabilitySuite:
 
     def id_features(self, loaded: LoadedModel, key: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """ID features and labels of a model variant (shared with `evaluate` through the run's memo)."""
-        return self._features(loaded, key or model_fingerprint(loaded.model), self.id_spec, self.cfg.limit)
+        return self.features(loaded, key or model_fingerprint(loaded.model), self.id_spec, self.cfg.limit)
 
     def release(self, keep_key: str | None = None) -> None:
         """Drop memoised features of every model but the one fingerprinted `keep_key` (e.g. the FP reference)."""
         self._memo = {k: v for k, v in self._memo.items() if k[0] == keep_key}
+
+    @torch.no_grad()
+    def set_logits(self, loaded: LoadedModel, key: str | None = None) -> dict:
+        """Calibration logits and labels of a model variant on every labelled set of the suite: {"id": (logits,
+        labels), "corruptions": {"NAME:SEV": ...}, "shift": {NAME: ...}} (shift labels mapped onto the ID classes,
+        unmapped samples dropped), plus the logit scale and the ID classifier; features come from the memo."""
+        cfg, model = self.cfg, loaded.model.eval()
+        key = key or model_fingerprint(model)
+        scale = float(model.logit_scale.detach().float().exp())
+        clf = zero_shot_classifier(model, loaded.tokenizer, self.id_spec.classnames, self.id_spec.templates,
+                                   device=self.device, use_cache=self.use_cache).float().cpu()
+
+        def logits_of(feats: torch.Tensor) -> torch.Tensor:
+            return scale * (F.normalize(feats.float(), dim=-1) @ clf)
+
+        feats, labels = self.features(loaded, key, self.id_spec, cfg.limit)
+        out: dict = {"scale": scale, "classifier": clf, "id": (logits_of(feats), labels), "corruptions": {},
+                     "shift": {}}
+        for name, severity in cfg.corruptions:
+            f_c, y_c = self.features(loaded, key, self.id_spec, cfg.limit, corruption=(name, severity))
+            out["corruptions"][f"{name}:{severity}"] = (logits_of(f_c), y_c)
+        for name, spec in self.shift_specs.items():
+            f_s, y_s = self.features(loaded, key, spec, cfg.ood_limit)
+            mapped = map_classes(spec.classnames, self.id_spec.classnames)[y_s]
+            keep = mapped >= 0
+            out["shift"][name] = (logits_of(f_s[keep]), mapped[keep])
+        return out
 
     @torch.no_grad()
     def evaluate(self, loaded: LoadedModel, key: str | None = None) -> Metrics:
@@ -192,7 +249,7 @@ class ReliabilitySuite:
         def cosines(feats):
             return F.normalize(feats.float(), dim=-1) @ clf
 
-        feats, labels = self._features(loaded, key, self.id_spec, cfg.limit)
+        feats, labels = self.features(loaded, key, self.id_spec, cfg.limit)
         cos = cosines(feats)
         logits = scale * cos
         m: Metrics = calibration_metrics(logits, labels)  # type: ignore[assignment]
@@ -202,6 +259,7 @@ class ReliabilitySuite:
         probs = logits.softmax(-1)
         m["ece_floor"], m["ece_floor_sd"] = ece_floor(probs, seed=cfg.seed)
         m["reliability"] = reliability_bins(probs, labels)
+        m.update(uncertainty_metrics(probs, labels, cfg.seed))
         boot = dict(n_boot=cfg.bootstrap, seed=cfg.seed)
         ci: dict = {}
         if cfg.bootstrap > 0:
@@ -215,29 +273,22 @@ class ReliabilitySuite:
         id_scores = scores(cos)
         m["ood"] = {}
         for name, spec in self.ood_specs.items():
-            f_ood, _ = self._features(loaded, key, spec, cfg.ood_limit)
+            f_ood, _ = self.features(loaded, key, spec, cfg.ood_limit)
             ood_scores = scores(cosines(f_ood))
             m["ood"][name] = {s: ood_metrics(id_scores[s], ood_scores[s]) for s in SCORES}
             if cfg.bootstrap > 0:
                 ci["auroc_mcm"][name] = bootstrap_ci_two_sample(auroc, id_scores["mcm"], ood_scores["mcm"], **boot)
-        m["corruptions"] = {}
-        for name, severity in cfg.corruptions:
-            f_c, y_c = self._features(loaded, key, self.id_spec, cfg.limit, corruption=(name, severity))
-            cm = calibration_metrics(scale * cosines(f_c), y_c)
-            m["corruptions"][f"{name}:{severity}"] = {k: cm[k] for k in ("acc1", "ece", "nll", "brier")}
-        m["shift"] = {}
-        for name, spec in self.shift_specs.items():
-            f_s, y_s = self._features(loaded, key, spec, cfg.ood_limit)
-            mapped = map_classes(spec.classnames, self.id_spec.classnames)[y_s]
-            keep = mapped >= 0
-            sm = calibration_metrics(scale * cosines(f_s[keep]), mapped[keep])
-            m["shift"][name] = {"acc1": sm["acc1"], "ece": sm["ece"], "n": int(keep.sum())}
+        sets = self.set_logits(loaded, key)
+        m["corruptions"] = {name: set_metrics(lg, y, cfg.seed, ("acc1", "ece", "nll", "brier"))
+                            for name, (lg, y) in sets["corruptions"].items()}
+        m["shift"] = {name: {**set_metrics(lg, y, cfg.seed, ("acc1", "ece")), "n": int(y.numel())}
+                      for name, (lg, y) in sets["shift"].items()}
         if self.spurious_specs:
             accs = []
             for name, spec in self.spurious_specs.items():
                 own = zero_shot_classifier(model, loaded.tokenizer, spec.classnames, spec.templates,
                                            device=self.device, use_cache=self.use_cache).float().cpu()
-                f_sp, y_sp = self._features(loaded, key, spec, cfg.ood_limit)
+                f_sp, y_sp = self.features(loaded, key, spec, cfg.ood_limit)
                 accs.append(topk_accuracy(F.normalize(f_sp, dim=-1) @ own, y_sp, (1,))[1])
             m["spurious"] = {"acc_common": accs[0], "acc_counter": accs[1], "rsg": rsg(accs[0], accs[1])}
         m["ci"] = ci
@@ -250,12 +301,16 @@ class ReliabilitySuite:
         record: SuiteRecord = {"hash": self.cfg.hash, "config": self.cfg.key(), "model": self.cfg.model,
                   "pretrained": self.cfg.pretrained, "quant": self.cfg.quant, "dataset": self.cfg.dataset}
         if self.cfg.quant:
+            from .paired import paired_differences
+
             q, record["quant_report"] = self.quantized(fp)
-            fp_metrics = self.evaluate(fp)
-            metrics = self.evaluate(q)
+            fp_key, q_key = model_fingerprint(fp.model), model_fingerprint(q.model)
+            fp_metrics = self.evaluate(fp, fp_key)
+            metrics = self.evaluate(q, q_key)
             metrics["delta"] = relative_changes(numeric_metrics(fp_metrics), numeric_metrics(metrics))
             spurious_changes_(fp_metrics, metrics)
             record["fp_metrics"] = fp_metrics
+            record["paired"] = paired_differences(self, fp, fp_key, q, q_key)
         else:
             metrics = self.evaluate(fp)
         record["n"] = metrics.pop("n")
@@ -274,5 +329,6 @@ def spurious_changes_(fp_metrics: dict, metrics: dict) -> None:
 
 def numeric_metrics(metrics: dict) -> dict:
     """The metric tree without diagnostics that have no meaningful relative change."""
-    skip = ("reliability", "ci", "n", "logit_scale", "logit_scale_ts", "ece_floor", "ece_floor_sd")
+    skip = ("reliability", "ci", "n", "logit_scale", "logit_scale_ts", "ece_floor", "ece_floor_sd", "conformal_alpha",
+            "paired")
     return {k: v for k, v in metrics.items() if k not in skip}

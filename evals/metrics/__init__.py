@@ -2,13 +2,43 @@
 deltas, selective prediction, split-conformal prediction sets, bootstrap CIs. Pure functions of tensors; nothing here
 loads models or writes files."""
 
-from .bootstrap import bootstrap_ci, bootstrap_ci_two_sample, paired_bootstrap_diff
-from .calibration import (adaptive_ece, brier, debiased_ece, ece, ece_floor, ece_from_bins, mce, nll,
-                          reliability_bins, softmax_probs)
-from .conformal import (CONFORMAL_METHODS, conformal_scores, conformal_threshold, coverage, mean_set_size,
-                        prediction_sets, split_conformal)
-from .ood import (SCORE_INPUTS, SCORES, aupr, auroc, energy_score, fpr_at_95_tpr, max_logit_score, mcm_score,
-                  msp_score, neg_entropy_score, ood_metrics)
+from .bootstrap import bootstrap_ci, bootstrap_ci_two_sample, paired_bootstrap, paired_bootstrap_diff
+from .calibration import (
+                          adaptive_ece,
+                          brier,
+                          debiased_ece,
+                          ece,
+                          ece_floor,
+                          ece_from_bins,
+                          ece_of_confidence,
+                          mce,
+                          nll,
+                          reliability_bins,
+                          softmax_probs,
+                          top_label,
+)
+from .conformal import (
+                          CONFORMAL_METHODS,
+                          conformal_scores,
+                          conformal_threshold,
+                          coverage,
+                          mean_set_size,
+                          prediction_sets,
+                          split_conformal,
+)
+from .ood import (
+                          SCORE_INPUTS,
+                          SCORES,
+                          aupr,
+                          auroc,
+                          energy_score,
+                          fpr_at_95_tpr,
+                          max_logit_score,
+                          mcm_score,
+                          msp_score,
+                          neg_entropy_score,
+                          ood_metrics,
+)
 from .robustness import delta_rsg, relative_change, relative_changes, rsg, vuln_add
 from .selective import accuracy_at_coverage, augrc, aurc, risk_coverage_curve, selective_metrics
 from .temperature import fit_logit_scale, nll_at
@@ -16,7 +46,7 @@ from .temperature import fit_logit_scale, nll_at
 __all__ = [
     # calibration
     "softmax_probs", "ece", "ece_floor", "adaptive_ece", "debiased_ece", "mce", "nll", "brier", "reliability_bins",
-    "ece_from_bins",
+    "ece_from_bins", "ece_of_confidence", "top_label",
     # OOD detection
     "mcm_score", "max_logit_score", "energy_score", "neg_entropy_score", "msp_score", "SCORES", "SCORE_INPUTS",
     "auroc", "aupr", "fpr_at_95_tpr", "ood_metrics",
@@ -30,5 +60,5 @@ __all__ = [
     # temperature (logit-scale) tuning
     "fit_logit_scale", "nll_at",
     # bootstrap
-    "bootstrap_ci", "bootstrap_ci_two_sample", "paired_bootstrap_diff",
+    "bootstrap_ci", "bootstrap_ci_two_sample", "paired_bootstrap_diff", "paired_bootstrap",
 ]

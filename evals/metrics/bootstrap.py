@@ -7,7 +7,7 @@ from typing import Callable, Sequence
 
 import torch
 
-__all__ = ["bootstrap_ci", "bootstrap_ci_two_sample", "paired_bootstrap_diff"]
+__all__ = ["bootstrap_ci", "bootstrap_ci_two_sample", "paired_bootstrap_diff", "paired_bootstrap"]
 
 
 def _as_arrays(arrays: Sequence[torch.Tensor] | torch.Tensor, name: str) -> list[torch.Tensor]:
@@ -73,6 +73,15 @@ def paired_bootstrap_diff(metric: Callable[..., float], a: Sequence[torch.Tensor
     Resample r uses the r-th `torch.randint(N, (N,))` of a CPU `torch.Generator().manual_seed(seed)`, as in
     `bootstrap_ci`; the interval is `torch.quantile` (linear) at α/2 and 1 − α/2 of the resampled differences.
     """
+    out = paired_bootstrap(metric, a, b, n_boot=n_boot, alpha=alpha, seed=seed)
+    return out["diff"], out["low"], out["high"]
+
+
+def paired_bootstrap(metric: Callable[..., float], a: Sequence[torch.Tensor] | torch.Tensor,
+                     b: Sequence[torch.Tensor] | torch.Tensor, *, n_boot: int = 1000, alpha: float = 0.05,
+                     seed: int = 0) -> dict[str, float]:
+    """`paired_bootstrap_diff` as a dict {"diff", "low", "high", "p"}, with the two-sided bootstrap p-value
+    p = min(1, 2·min(share of resampled differences ≤ 0, share ≥ 0)) for multiplicity corrections (Holm)."""
     _check(n_boot, alpha)
     a_arr, b_arr = _as_arrays(a, "a"), _as_arrays(b, "b")
     if a_arr[0].shape[0] != b_arr[0].shape[0]:
@@ -83,4 +92,7 @@ def paired_bootstrap_diff(metric: Callable[..., float], a: Sequence[torch.Tensor
     for _ in range(n_boot):
         drawn = _draw(a_arr + b_arr, gen)
         values.append(float(metric(*drawn[:len(a_arr)])) - float(metric(*drawn[len(a_arr):])))
-    return (diff, *_interval(values, alpha))
+    low, high = _interval(values, alpha)
+    v = torch.tensor(values, dtype=torch.float64)
+    p = min(1.0, 2.0 * min(float((v <= 0).double().mean()), float((v >= 0).double().mean())))
+    return {"diff": diff, "low": low, "high": high, "p": p}

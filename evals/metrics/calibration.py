@@ -14,7 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["softmax_probs", "ece", "ece_floor", "adaptive_ece", "debiased_ece", "mce", "nll", "brier",
+__all__ = ["softmax_probs", "ece", "ece_of_confidence", "top_label", "ece_floor", "adaptive_ece", "debiased_ece", "mce", "nll", "brier",
            "reliability_bins", "ece_from_bins"]
 
 _SIMPLEX_ATOL = 1e-3  # float16/bfloat16 softmax rows are off by a few 1e-4
@@ -90,9 +90,19 @@ def _equal_width(conf: torch.Tensor, correct: torch.Tensor,
 
 def ece(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
     """Expected calibration error: Σ_b (n_b/N)·|acc_b − conf_b| over equal-width top-label bins (i/n, (i+1)/n]."""
-    conf, correct = _top_label(probs, labels)
+    return ece_of_confidence(*_top_label(probs, labels), n_bins)
+
+
+def ece_of_confidence(conf: torch.Tensor, correct: torch.Tensor, n_bins: int = 15) -> float:
+    """`ece` from the top-label confidences [N] and 0/1 correctness [N] alone (what paired bootstraps resample)."""
+    conf, correct = conf.double(), correct.double()
     _, count, acc_sum, conf_sum = _equal_width(conf, correct, n_bins)
     return float((acc_sum - conf_sum).abs().sum() / conf.numel())
+
+
+def top_label(probs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(top-label confidence [N], 0/1 correctness [N]) of probabilities [N, C], validated, in float64."""
+    return _top_label(probs, labels)
 
 
 def ece_floor(probs: torch.Tensor, n_bins: int = 15, n_draws: int = 200, seed: int = 0) -> tuple[float, float]:

@@ -18,6 +18,7 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from qclip.evals.paired import paired_differences
 from qclip.evals.suite import (
     ReliabilitySuite,
     SuiteConfig,
@@ -25,7 +26,6 @@ from qclip.evals.suite import (
     spurious_changes_,
 )
 from qclip.evals.zeroshot import model_fingerprint
-
 from qclip.io.models import LoadedModel, load_model
 from qclip.io.records import CellRecord, QuantSummary
 from qclip.io.store import ResultsStore, config_hash
@@ -172,7 +172,6 @@ class _Group:
 
 def _evaluate_cell(cfg: GridConfig, cell: Cell, group: _Group, device: str, data_root: str | None) -> CellRecord:
     from qclip.evals.zeroshot import zero_shot_classifier
-
     from qclip.io.results import versions
 
     t0 = time.perf_counter()
@@ -187,6 +186,7 @@ def _evaluate_cell(cfg: GridConfig, cell: Cell, group: _Group, device: str, data
 
         spurious_changes_(fp_metrics, metrics)
         delta = relative_changes(numeric_metrics(fp_metrics), numeric_metrics(metrics))
+    paired = None if cell.kind == "fp" else paired_differences(group.suite, group.fp, group.fp_key, variant, key)
     t2 = time.perf_counter()
     fp_feats, _ = group.suite.id_features(group.fp, group.fp_key)
     feats, labels = group.suite.id_features(variant, key)
@@ -207,7 +207,7 @@ def _evaluate_cell(cfg: GridConfig, cell: Cell, group: _Group, device: str, data
     return {"hash": cell_hash(cfg, cell), "grid": cfg.name, "cell": cell.as_dict(),
             "datasets": {"id": cfg.dataset, "ood": list(cfg.ood), "shift": list(cfg.shift),
                          "corruptions": list(cfg.corruptions), "spurious": cfg.spurious},
-            "n": n, "metrics": metrics, "delta": delta, "spectral": spectral, "quant_report": report,
+            "n": n, "metrics": metrics, "delta": delta, "paired": paired, "spectral": spectral, "quant_report": report,
             "seconds": round(t3 - t0, 3),
             "timings": {"build": round(t1 - t0, 3), "eval": round(t2 - t1, 3), "spectral": round(t3 - t2, 3)},
             "versions": versions()}

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from qclip.evals.metrics.calibration import ece_from_bins
 
+from qclip.evals.metrics.calibration import ece_from_bins
 from qclip.io.paths import atomic_write_bytes
 
 __all__ = ["plot_sigma_spectra", "plot_sqnr", "plot_band_accuracy", "plot_radial_profiles", "plot_reliability",

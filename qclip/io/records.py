@@ -72,6 +72,11 @@ class Metrics(TypedDict, total=False):
     spurious: SpuriousMetrics
     ci: dict[str, Any]
     delta: dict[str, Any]
+    confidence: float
+    ece_debiased: float
+    selective: dict[str, float]
+    conformal: dict[str, dict[str, float]]
+    conformal_alpha: float
 
 
 class QuantSummary(TypedDict, total=False):
@@ -97,6 +102,7 @@ class SuiteRecord(TypedDict, total=False):
     metrics: Metrics
     fp_metrics: Metrics
     quant_report: QuantSummary
+    paired: dict[str, Any]
     seconds: float
     versions: dict[str, str]
     written_at: float
@@ -165,6 +171,7 @@ class CellRecord(TypedDict, total=False):
     n: int
     metrics: Metrics
     delta: Optional[dict[str, Any]]
+    paired: Optional[dict[str, Any]]
     spectral: SpectralSummary
     quant_report: Optional[QuantSummary]
     seconds: float
