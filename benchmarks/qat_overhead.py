@@ -1,6 +1,6 @@
 """Fake-quant overhead of a QAT training step: FP step vs prepared-QAT step, measured in one run.
 
-Usage: python benchmarks/qat_overhead.py [--spec w4a8-lsq] [--batch 256] [--steps 6] [--data-root ../shared/data]
+Usage: python benchmarks/qat_overhead.py [--spec w4a8-lsq] [--batch 256] [--steps 6] [--data-root DIR]
 A step = image + prompt embeddings, open_clip ClipLoss, backward, AdamW (as in demo pretraining); a third
 variant adds the spectral-filtering penalty (energy beyond rank 16 of the centred batch image features). The demo
 model (ModifiedResNet image tower, 23 vision maps incl. convolutions) on random 32-px images. Steps of the FP
@@ -16,11 +16,11 @@ import time
 
 import torch
 from open_clip.loss import ClipLoss
-
-from qclip.io.models import load_model
 from qclip.quant.qat import prepare_qat_
 from qclip.train.demo import ensure_demo_model
 from qclip.train.losses import feature_spectral_penalty
+
+from qclip.io.models import load_model
 
 
 def make_step(model, images, tokens, labels, spectral_lambda: float = 0.0, spectral_k: float = 16):
@@ -47,7 +47,8 @@ def main() -> None:
     ap.add_argument("--backend", default="lsq")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--data-root", default="../shared/data")
+    ap.add_argument("--data-root", default=None, help="data root (default: $QCLIP_DATA_ROOT, else the cache, where "
+                    "registered datasets are built on first use)")
     args = ap.parse_args()
     torch.manual_seed(0)
     ensure_demo_model(data_root=args.data_root)

@@ -1,6 +1,6 @@
 """acc1 of the demo model under every PTQ method x bits x scope (issue: quant), plus coverage counts.
 
-Usage: python benchmarks/quant_table.py [--data-root ../shared/data] [--limit 2000]
+Usage: python benchmarks/quant_table.py [--data-root DIR] [--limit 2000]
 Prints a Markdown table; features are recomputed per config (each changes the image tower).
 """
 
@@ -11,19 +11,20 @@ import copy
 import time
 
 import torch
-
 from qclip.evals.variants import make_calibrator
-from qclip.io.data import resolve_dataset
 from qclip.evals.zeroshot import evaluate_zero_shot
-from qclip.io.models import load_model
 from qclip.quant.api import quantize_
 from qclip.quant.spec import parse_spec
 from qclip.train.demo import ensure_demo_model
 
+from qclip.io.data import resolve_dataset
+from qclip.io.models import load_model
+
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--data-root", default="../shared/data")
+    ap.add_argument("--data-root", default=None, help="data root (default: $QCLIP_DATA_ROOT, else the cache, where "
+                    "registered datasets are built on first use)")
     ap.add_argument("--limit", type=int, default=2000)
     ap.add_argument("--bits", default="w8a8,w6a8,w4a8")
     ap.add_argument("--methods", default=",-smoothquant,-rot")

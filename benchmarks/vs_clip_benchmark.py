@@ -3,7 +3,7 @@
 Setup (benchmark-only, not a qclip dependency):
     pip install --no-deps clip-benchmark==1.6.2 pycocoevalcap webdataset braceexpand
 Usage:
-    python benchmarks/vs_clip_benchmark.py --data-root ../shared/data [--repeats 2]
+    python benchmarks/vs_clip_benchmark.py [--data-root DIR] [--repeats 2]
 
 The model is a random-init 2-layer, 128-wide, 32-px ViT CLIP (patch 8) (benchmarks/bench-micro.json) saved as an open_clip
 local-dir. Three commands run as fresh processes, alternating, wall time measured around each (process start,
@@ -68,12 +68,16 @@ def timed(cmd: list[str], env: dict) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--data-root", default="../shared/data")
+    ap.add_argument("--data-root", default=None, help="data root (default: $QCLIP_DATA_ROOT, else the cache, where "
+                    "registered datasets are built on first use)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--precision", default="amp_bf16", help="qclip precision; clip_benchmark's default is AMP")
     args = ap.parse_args()
     PREC = args.precision  # noqa: N806
-    root = str(Path(args.data_root).resolve())
+    from qclip.io.data import resolve_dataset
+
+    cifar = resolve_dataset("wds/cifar10", args.data_root, "test")  # built from the registry on first use
+    root = str(Path(cifar.shards[0]).resolve().parents[2])  # ROOT/wds_cifar10/test/0.tar
     work = Path(tempfile.mkdtemp(prefix="qclip-bench-"))
     model_dir = work / "model"
     build_model(model_dir)

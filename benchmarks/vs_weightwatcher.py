@@ -60,8 +60,13 @@ def _summary(deltas: list[float]) -> str:
 def alpha_agreement(model, ww, method: str, per_layer: bool) -> None:
     """Per-layer |Δα| between qclip and WeightWatcher's `analyze()` on the attention-surgered model."""
     from qclip.quant.surgery import attention_surgery_, list_linear_maps
-    from qclip.spectral.weights import (layer_eigenvalues_batched, layer_statistics, powerlaw_alpha, powerlaw_alpha_ww,
-                                        svdvals_batched)
+    from qclip.spectral.weights import (
+        layer_eigenvalues_batched,
+        layer_statistics,
+        powerlaw_alpha,
+        powerlaw_alpha_ww,
+        svdvals_batched,
+    )
 
     fp = attention_surgery_(copy.deepcopy(model))
     maps = list_linear_maps(fp)
@@ -108,7 +113,6 @@ def main() -> None:
     args = ap.parse_args()
     logging.getLogger("weightwatcher").setLevel(logging.ERROR)
     import weightwatcher as ww
-
     from qclip.quant.api import quantize_
 
     torch.manual_seed(0)

@@ -1,4 +1,5 @@
-"""The paper's directional claims tested on a grid's cell records (`findings`). Writes nothing."""
+"""The paper's claims tested on a grid's cell records (`findings`): metric claims from paired bootstrap differences
+against FP with a Holm correction per claim, spectral claims by counting cells. Writes nothing."""
 
 from __future__ import annotations
 
@@ -18,67 +19,145 @@ from .cells import (
     spectral_of,
 )
 
-__all__ = ["findings"]
+__all__ = ["findings", "holm", "FAMILY_ALPHA", "RESOLVABLE_ECE"]
+
+_NOISE = ("gaussian_noise", "shot_noise", "impulse_noise")
 
 
 def _verdict(key: str, claim: str, flags: list[bool], evidence: str, missing: str) -> dict:
-    """A finding from per-cell yes/no flags: holds when a strict majority agrees; None when nothing to compare."""
+    """A spectral finding from per-cell yes/no flags: holds when a strict majority agrees; None when nothing to
+    compare (these are properties of each cell's spectra, not test-set estimates)."""
     n, k = len(flags), sum(flags)
     if not n:
-        return {"key": key, "claim": claim, "holds": None, "evidence": f"not measured: {missing}", "n": 0, "agree": 0}
-    return {"key": key, "claim": claim, "holds": k * 2 > n, "evidence": evidence.format(k=k, n=n), "n": n, "agree": k}
+        return {"key": key, "claim": claim, "holds": None, "verdict": "not measured",
+                "evidence": f"not measured: {missing}", "n": 0, "agree": 0}
+    return {"key": key, "claim": claim, "holds": k * 2 > n, "verdict": "holds" if k * 2 > n else "does not hold",
+            "evidence": evidence.format(k=k, n=n), "n": n, "agree": k}
 
 
-def _scalar_pairs(records: list[CellRecord]) -> list[tuple[dict, dict]]:
-    """(quant `scalars`, FP `scalars`) of every quant/qat cell whose group has an FP reference."""
+# ------------------------------------------------------------------------------------- paired, multiplicity-aware
+FAMILY_ALPHA = 0.05  # family-wise error rate of each claim's tests (Holm-Bonferroni)
+RESOLVABLE_ECE = 3.0  # an ECE claim is tested only on sets where FP's ECE is at least this many times its floor
+
+
+def holm(pvalues: list[float], alpha: float = FAMILY_ALPHA) -> list[bool]:
+    """Holm-Bonferroni step-down: which of the hypotheses are rejected at family-wise level `alpha`."""
+    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
+    rejected = [False] * len(pvalues)
+    for rank, i in enumerate(order):
+        if pvalues[i] > alpha / (len(pvalues) - rank):
+            break
+        rejected[i] = True
+    return rejected
+
+
+def _tests(records: list[CellRecord], role: str, metric: str, select=None) -> list[dict]:
+    """One test per (quant cell, set of `role`) from the cells' paired bootstrap differences against FP:
+    {cell, set, n, diff, low, high, p, fp}; `select(fp_record, set_name)` may drop sets."""
     refs = references(records)
-    return [(scalars(rec), scalars(refs[group_of(rec)])) for rec in sorted(records, key=sort_key)
-            if cell_of(rec).get("kind") in QUANT_KINDS and group_of(rec) in refs]
-
-
-def _pairs(records: list[CellRecord], metric: str) -> list[tuple[float, float]]:
-    """(quant value, FP value) of a `scalars` metric for every quant/qat cell whose group has an FP reference."""
-    return [(q[metric], f[metric]) for q, f in _scalar_pairs(records)
-            if q[metric] is not None and f[metric] is not None]
-
-
-def _compare(key: str, claim: str, metric: str, better, verb: str, what: str, missing: str):
-    """A claim that compares a `scalars` metric of each quant cell with its FP reference."""
-    def run(records: list[CellRecord]) -> dict:
-        pairs = _pairs(records, metric)
-        med = (f"; median {what}: {median(q for q, _ in pairs):.4f} (quant) vs {median(f for _, f in pairs):.4f} (FP)"
-               if pairs else "")
-        return _verdict(key, claim, [better(q, f) for q, f in pairs], "{k}/{n} quant cells " + verb + med, missing)
-    return run
-
-
-_calibration_vote = _compare("calibration", "Quantization improves calibration (lower ECE)", "ece", lambda q, f: q < f,
-                             "have lower ECE than FP", "ECE", "no quant cell with an FP reference")
-
-
-def _calibration_finding(records: list[CellRecord]) -> dict:
-    """The ECE vote, plus how many quant cells beat FP by more than 2 sd of the calibrated-ECE noise floor."""
-    out = _calibration_vote(records)
-    gaps = [(q["ece"], f["ece"], q["ece_floor"], q["ece_floor_sd"]) for q, f in _scalar_pairs(records)
-            if None not in (q["ece"], f["ece"], q["ece_floor"], q["ece_floor_sd"])]
-    if gaps:
-        resolved = sum(q < f - 2 * sd for q, f, _, sd in gaps)
-        out["evidence"] += (f"; {resolved}/{len(gaps)} by more than 2 sd of the ECE a perfectly calibrated model "
-                            f"shows at this N (median {median(g[2] for g in gaps):.4f} ± "
-                            f"{median(g[3] for g in gaps):.4f}); smaller gaps are within test-set noise")
+    out = []
+    for rec in sorted(records, key=sort_key):
+        fp = refs.get(group_of(rec))
+        if cell_of(rec).get("kind") not in QUANT_KINDS or fp is None:
+            continue
+        paired = (rec.get("paired") or {})
+        block = {"": paired.get("id")} if role == "id" else (paired.get(role) or {})
+        for name, entry in block.items():
+            stats = (entry or {}).get(metric) or {}
+            if num(stats.get("p")) is None or num(stats.get("diff")) is None:
+                continue
+            if select is not None and not select(fp, role, name):
+                continue
+            out.append({"cell": cell_of(rec).get("id"), "set": name or "id", "n": entry.get("n"),
+                        "diff": stats["diff"], "low": stats.get("low"), "high": stats.get("high"), "p": stats["p"]})
     return out
 
 
-_CLAIMS = [
-    _compare("noise", "Quantization improves noise robustness", "noise_retained", lambda q, f: q > f,
-             "retain more of their clean accuracy under noise corruptions than FP", "acc_noise/acc_clean",
-             "no noise corruption (gaussian/shot/impulse noise) with an FP reference"),
-    _compare("shift", "Quantization does not improve covariate-shift accuracy", "shift_acc", lambda q, f: q <= f,
-             "have mean shift acc1 ≤ FP", "mean shift acc1", "no shift set with an FP reference"),
-    _calibration_finding,
-    _compare("ood", "Quantization improves OOD detection (MCM AUROC)", "auroc", lambda q, f: q > f,
-             "have higher mean MCM AUROC than FP", "mean MCM AUROC", "no OOD set with an FP reference"),
-]
+def _set_metrics(fp: CellRecord, role: str, name: str) -> dict:
+    m = fp.get("metrics") or {}
+    return m if role == "id" else ((m.get(role) or {}).get(name) or {})
+
+
+def _paired_claim(key: str, claim: str, tests: list[dict], sign: int, what: str, missing: str,
+                  null_claim: bool = False) -> dict:
+    """Verdict of a directional claim from Holm-corrected paired tests: `sign` +1 means the claim predicts
+    variant − FP > 0. holds / does not hold / mixed / not resolved at this N (`null_claim`: the claim is that the
+    metric does NOT move in direction `sign`, so no significant move that way is what supports it)."""
+    if not tests:
+        return {"key": key, "claim": claim, "holds": None, "verdict": "not measured",
+                "evidence": f"not measured: {missing}", "n": 0, "agree": 0, "against": 0, "tests": []}
+    rejected = holm([t["p"] for t in tests])
+    pro = sum(r and t["diff"] * sign > 0 for r, t in zip(rejected, tests))
+    con = sum(r and t["diff"] * sign < 0 for r, t in zip(rejected, tests))
+    if null_claim:
+        holds, verdict = (False, "does not hold") if pro else (True, "holds")
+    elif pro and con:
+        holds, verdict = None, "mixed"
+    elif pro or con:
+        holds, verdict = bool(pro), "holds" if pro else "does not hold"
+    else:
+        holds, verdict = None, "not resolved at this N"
+    sets = sorted({(t["set"], t["n"]) for t in tests}, key=str)
+    diffs = sorted(t["diff"] for t in tests)
+    evidence = (f"{len(tests)} paired tests (cell × set, Holm at family α = {FAMILY_ALPHA}): {pro} significant in "
+                f"the claimed direction, {con} against; median Δ{what} (quant − FP) = {median(diffs):+.4f}; sets "
+                + ", ".join(f"{s} (N={n})" for s, n in sets))
+    return {"key": key, "claim": claim, "holds": holds, "verdict": verdict, "evidence": evidence,
+            "n": len(tests), "agree": pro, "against": con, "tests": tests}
+
+
+def _noise_finding(records: list[CellRecord]) -> dict:
+    tests = _tests(records, "corruptions", "acc1", lambda fp, role, name: name.split(":")[0] in _NOISE)
+    return _paired_claim("noise", "Quantization improves noise robustness (acc1 under noise corruptions)", tests,
+                         +1, "acc1", "no noise corruption (gaussian/shot/impulse noise) with paired differences")
+
+
+def _shift_finding(records: list[CellRecord]) -> dict:
+    tests = _tests(records, "shift", "acc1")
+    return _paired_claim("shift", "Quantization does not improve covariate-shift accuracy", tests, +1, "acc1",
+                         "no shift set with paired differences", null_claim=True)
+
+
+def _resolvable(fp: CellRecord, role: str, name: str) -> bool:
+    """FP's ECE on this set is at least RESOLVABLE_ECE × the ECE a perfectly calibrated model shows at its N."""
+    m = _set_metrics(fp, role, name)
+    ece, floor = num(m.get("ece")), num(m.get("ece_floor"))
+    return ece is not None and floor is not None and floor > 0 and ece >= RESOLVABLE_ECE * floor
+
+
+def _direction(fp: CellRecord, role: str, name: str) -> str | None:
+    """'over-confident' when FP's mean confidence exceeds its accuracy on the set, else 'under-confident'."""
+    m = _set_metrics(fp, role, name)
+    conf, acc = num(m.get("confidence")), num(m.get("acc1"))
+    return None if conf is None or acc is None else ("over-confident" if conf > acc else "under-confident")
+
+
+def _calibration_findings(records: list[CellRecord]) -> list[dict]:
+    """ECE claims on the resolvable sets, one per direction of FP's miscalibration (the paper: the direction of the
+    change depends on it)."""
+    refs, found = references(records), []
+    by_direction: dict[str, list[dict]] = {}
+    for role in ("id", "corruptions", "shift"):
+        for t in _tests(records, role, "ece", _resolvable):
+            fp = next(refs[group_of(r)] for r in records if cell_of(r).get("id") == t["cell"])
+            direction = _direction(fp, role, "" if role == "id" else t["set"]) or "unknown"
+            by_direction.setdefault(direction, []).append(t)
+    missing = (f"no set where FP's ECE is at least {RESOLVABLE_ECE:g}× its noise floor (the ECE of a perfectly "
+               "calibrated model at that N), or no paired differences")
+    if not by_direction:
+        return [_paired_claim("calibration", "Quantization improves calibration (lower ECE)", [], -1, "ECE",
+                              missing)]
+    for direction in sorted(by_direction):
+        found.append(_paired_claim(f"calibration_{direction.split('-')[0]}",
+                                   f"Quantization improves calibration (lower ECE) where FP is {direction}",
+                                   by_direction[direction], -1, "ECE", missing))
+    return found
+
+
+def _ood_finding(records: list[CellRecord]) -> dict:
+    tests = _tests(records, "ood", "auroc")
+    return _paired_claim("ood", "Quantization improves OOD detection (MCM AUROC)", tests, +1, "AUROC",
+                         "no OOD set with paired differences")
 
 
 def _sqnr_finding(records: list[CellRecord]) -> dict:
@@ -123,6 +202,11 @@ def _rank_match_finding(records: list[CellRecord]) -> dict:
 
 
 def findings(records: list[CellRecord]) -> list[dict]:
-    """The paper's directional claims tested on these records: [{claim, holds: bool|None, evidence: str, ...}]."""
-    return [*(claim(records) for claim in _CLAIMS), _sqnr_finding(records), _weight_damping_finding(records),
+    """The paper's claims tested on these records: [{key, claim, holds: bool|None, verdict, evidence, ...}].
+
+    Claims about metrics (noise, shift, calibration, OOD) are judged from paired bootstrap differences against FP
+    on the same images, Holm-corrected per claim; calibration only on sets where FP is clearly miscalibrated,
+    split by the direction of FP's miscalibration. The spectral claims count cells."""
+    return [_noise_finding(records), _shift_finding(records), *_calibration_findings(records),
+            _ood_finding(records), _sqnr_finding(records), _weight_damping_finding(records),
             _rank_match_finding(records)]

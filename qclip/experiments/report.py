@@ -293,9 +293,45 @@ def _damping(ctx: _Ctx) -> list[str]:
             f"![damping]({ctx.save(fig, 'damping.png')})", ""]
 
 
+def _uncertainty(ctx: _Ctx) -> list[str]:
+    """Selective prediction, split-conformal sets and the debiased calibration error on the ID set, per cell."""
+    lines = ["## Selective prediction and conformal sets (ID set)", ""]
+    rows = []
+    for rec in ctx.records:
+        m = rec.get("metrics") or {}
+        sel, conf = m.get("selective") or {}, m.get("conformal") or {}
+        if not sel and not conf:
+            continue
+        cov = [(conf.get(k) or {}) for k in ("thr", "aps")]
+        rows.append([ctx.label(rec), _fmt(num(m.get("ece"))), _fmt(num(m.get("ece_debiased"))),
+                     *(_fmt(num(sel.get(k))) for k in ("aurc", "augrc", "acc_at_80", "acc_at_90")),
+                     *(f"{_fmt(num(c.get('coverage')))} / {_fmt(num(c.get('set_size')), digits=2)}" for c in cov)])
+    if not rows:
+        return [*lines, "No selective or conformal metrics in these records.", ""]
+    alpha = next((num((r.get("metrics") or {}).get("conformal_alpha")) for r in ctx.records), None)
+    level = f"1 − α = {1 - alpha:.2f}" if alpha is not None else "1 − α"
+    return [*lines, ("AURC / AUGRC: area under the (generalized) risk–coverage curve of the top-label confidence, "
+                     "lower is better; acc@80/90: accuracy on the 80% / 90% most confident images. Conformal: "
+                     f"empirical coverage / mean set size of split-conformal sets at {level}, calibrated on a seeded "
+                     "half of the ID set and measured on the other half. ECE-debiased: the debiased ℓ2 calibration "
+                     "error (Kumar et al. 2019)."), "",
+            *_table(["cell", "ECE", "ECE-debiased", "AURC", "AUGRC", "acc@80", "acc@90", "THR cov / size",
+                     "APS cov / size"], rows)]
+
+
 def _findings_section(found: list[dict]) -> list[str]:
-    word = {True: "holds", False: "does not hold", None: "not measured"}
-    return ["## Findings", "", *(f"- **{f['claim']}**: {word[f['holds']]} — {f['evidence']}" for f in found), ""]
+    lines = ["## Findings", "", *(f"- **{f['claim']}**: {f.get('verdict') or 'not measured'} — {f['evidence']}"
+                                  for f in found), ""]
+    for f in found:
+        tests = f.get("tests") or []
+        if not tests:
+            continue
+        lines += [f"### {f['claim']}: paired differences (quant − FP, 95% interval, bootstrap p)", "",
+                  *_table(["cell", "set", "N", "Δ", "95% interval", "p"],
+                          [[str(t["cell"]), str(t["set"]), str(t["n"]), f"{t['diff']:+.4f}",
+                            f"[{t['low']:+.4f}, {t['high']:+.4f}]" if None not in (t["low"], t["high"]) else "",
+                            f"{t['p']:.3f}"] for t in tests])]
+    return lines
 
 
 # ------------------------------------------------------------------------------------------------ entry point
@@ -315,7 +351,7 @@ def write_report(records: list[CellRecord], out_dir: str | os.PathLike, *, title
     _write_csv(tidy_rows(records), out / "results.csv")
     found = findings(records)
     lines = [*_header(ctx, title, grid), *_main_table(ctx), *_quant_vs_rank(ctx), *_reliability(ctx), *_sqnr(ctx),
-             *_band_accuracy(ctx), *_damping(ctx), *_findings_section(found)]
+             *_band_accuracy(ctx), *_damping(ctx), *_uncertainty(ctx), *_findings_section(found)]
     atomic_write_text(out / "report.md", "\n".join(lines))
     return {"report": str(out / "report.md"), "csv": str(out / "results.csv"), "plots": ctx.plots,
             "findings": found, "cells": len(records)}
