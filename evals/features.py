@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 from typing import Callable, Iterable
 
 import torch
@@ -17,7 +18,7 @@ from tqdm.auto import tqdm
 from qclip.io.data import DatasetSpec, make_loader
 from qclip.io.paths import atomic_write_bytes, cache_dir
 
-__all__ = ["extract_image_features", "split_normalize", "dataset_features", "DecodedImages"]
+__all__ = ["extract_image_features", "split_normalize", "dataset_features", "DecodedImages", "shard_fingerprints"]
 
 
 @torch.no_grad()
@@ -30,6 +31,7 @@ def extract_image_features(model: nn.Module, loader: Iterable, *, device: str | 
     `batch_transform` (e.g. corrupt, then normalise) is applied to each image batch on the device first;
     `autocast` runs the tower under bfloat16 autocast (precision "amp_bf16")."""
     device_type = torch.device(device).type
+    dtype = _input_dtype(model)
     feats, labels = [], []
     batches = iter(loader)
     try:
@@ -38,6 +40,8 @@ def extract_image_features(model: nn.Module, loader: Iterable, *, device: str | 
                 images, target = batch[0].to(device, non_blocking=True), batch[1]
                 if batch_transform is not None:
                     images = batch_transform(images)
+                if not autocast and images.dtype != dtype:  # fp16/bf16/pure_* models take images in their dtype
+                    images = images.to(dtype)
                 with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
                     out = model.encode_image(images)
                 feats.append(out.float().cpu())
@@ -50,6 +54,46 @@ def extract_image_features(model: nn.Module, loader: Iterable, *, device: str | 
     if not feats:
         raise ValueError("the dataset yielded no samples")
     return torch.cat(feats), torch.cat(labels).long()
+
+
+def _input_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of the image tower's first conv/linear weight: what its input must be (open_clip's fp16/bf16
+    precisions cast those weights but keep some parameters, e.g. LayerNorms, in float32)."""
+    visual = getattr(model, "visual", model)
+    first = next((m.weight for m in visual.modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None)
+    return torch.float32 if first is None else first.dtype
+
+
+def shard_fingerprints(shards: tuple[str, ...] | list[str]) -> list[str]:
+    """A content hash of every local shard (sha256 of its bytes, memoised per path, size and mtime), so a replaced
+    shard never returns features cached for the old one; remote shards are keyed by their URL."""
+    out = []
+    for shard in shards:
+        try:
+            st = os.stat(shard)
+        except OSError:
+            out.append(str(shard))  # remote (or missing: the loader will say so)
+            continue
+        memo_key = (str(shard), st.st_size, st.st_mtime_ns)
+        if memo_key not in _SHARD_HASHES:
+            h = hashlib.sha256()
+            if os.path.isdir(shard):  # an ImageFolder tree: every file's path, size and mtime
+                for root, dirs, files in os.walk(shard):
+                    dirs.sort()
+                    for name in sorted(files):
+                        fst = os.stat(os.path.join(root, name))
+                        h.update(f"{os.path.relpath(os.path.join(root, name), shard)}:{fst.st_size}:"
+                                 f"{fst.st_mtime_ns}\n".encode())
+            else:
+                with open(shard, "rb") as fh:
+                    while chunk := fh.read(1 << 22):
+                        h.update(chunk)
+            _SHARD_HASHES[memo_key] = h.hexdigest()
+        out.append(_SHARD_HASHES[memo_key])
+    return out
+
+
+_SHARD_HASHES: dict[tuple[str, int, int], str] = {}
 
 
 def split_normalize(preprocess: Callable) -> tuple[Callable, Normalize | None]:
@@ -118,7 +162,8 @@ def dataset_features(model: nn.Module, preprocess: Callable, spec: DatasetSpec, 
     With `decoded`, the images come from (and are added to) that in-memory cache of decoded batches; the
     features are the same as from a fresh loader."""
     key = hashlib.sha256(json.dumps({"model": model_key, "dataset": spec.name, "split": spec.split,
-                                     "shards": list(spec.shards), "limit": limit, "corruption": corruption,
+                                     "shards": list(spec.shards), "content": shard_fingerprints(spec.shards),
+                                     "limit": limit, "corruption": corruption,
                                      "seed": seed, "autocast": autocast, "order": "stream",  # loader order v2
                                      "preprocess": repr(preprocess)}).encode()).hexdigest()[:32]
     path = cache_dir("features") / f"{key}.pt"
