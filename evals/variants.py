@@ -62,7 +62,7 @@ def quantize_loaded(fp: LoadedModel, spec_text: str, dataset: DatasetSpec, *, de
     spec = parse_quant_arg(spec_text)
     loaded = fp._replace(model=copy.deepcopy(fp.model))
     calibrate = None
-    if spec.kind == "quant":
+    if spec.kind in ("quant", "mixed"):
         calibrate = make_calibrator(loaded, dataset, batches=calib_batches or spec.calib_batches, device=device,
                                     data_root=data_root, text=spec.scope == "vision+text")
     report = quantize_(loaded.model, spec, calibrate)
@@ -71,6 +71,8 @@ def quantize_loaded(fp: LoadedModel, spec_text: str, dataset: DatasetSpec, *, de
     summary: QuantSummary = {"spec": str(spec), "coverage": {t: {"quantized": q, "total": n} for t, (q, n) in report.coverage.items()}}
     if report.truncation:
         summary["kept_ranks"] = {r.name: r.kept for r in report.truncation}
+    if getattr(report, "bits", None):
+        summary["bits"], summary["avg_bits"] = report.bits, report.avg_bits
     return loaded, summary
 
 

@@ -71,6 +71,8 @@ def _configure_logging() -> None:
             logger.propagate = False
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # torchao registers an Enum with torch's pytree at import, which torch >= 2.10 reports as deprecated
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 
 
 def main(argv: list[str] | None = None) -> int:

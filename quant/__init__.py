@@ -11,10 +11,11 @@ Names are imported on first use, so importing the spec parser does not load torc
 from importlib import import_module
 
 _EXPORTS = {
-    "QuantSpec": "spec", "RankSpec": "spec", "parse_spec": "spec",
+    "QuantSpec": "spec", "RankSpec": "spec", "MixedSpec": "spec", "parse_spec": "spec",
     "quantize_": "api", "QuantReport": "api", "convert_to_float_": "api",
     "prepare_qat_": "qat", "convert_qat_": "qat",
     "attention_surgery_": "surgery", "list_linear_maps": "surgery", "LinearMap": "surgery",
+    "assign_bits": "mixed", "allocate_bits": "mixed", "random_bits": "mixed", "sensitivity_table": "mixed",
     "export_int_": "export", "save_int": "export", "load_int": "export",
     "quantize_model": "api",  # for BC: the former name of quantize_
 }

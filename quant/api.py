@@ -1,10 +1,11 @@
-"""`quantize_`: the one verb that applies a `QuantSpec` (or a `RankSpec`) to an open_clip model in place."""
+"""`quantize_`: the one verb that applies a `QuantSpec` (or a `RankSpec`, or a mixed-precision `MixedSpec`) to an
+open_clip model in place."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 from torch import nn
@@ -15,7 +16,7 @@ from .observers import make_observer
 from .primitives import fake_quantize_weight, weight_qparams
 from .rotation import HadamardRotation
 from .smoothquant import apply_smoothquant_
-from .spec import QuantSpec, RankSpec, parse_spec
+from .spec import MixedSpec, QuantSpec, RankSpec, parse_spec
 from .surgery import LinearMap, attention_surgery_, list_linear_maps
 from .truncation import TruncationReport, truncate_modules_
 
@@ -29,13 +30,16 @@ Calibrator = Callable[[nn.Module], None]
 
 @dataclass
 class QuantReport:
-    """What `quantize_` did: the spec, the maps it changed, coverage per tower, extra per-method facts."""
+    """What `quantize_` did: the spec, the maps it changed, coverage per tower, extra per-method facts (for a
+    mixed-precision spec: each map's weight bits and their parameter-weighted average)."""
 
     spec: str
     maps: list[LinearMap]
     coverage: dict[str, tuple[int, int]]
     smoothed_groups: int = 0
     truncation: list[TruncationReport] = field(default_factory=list)
+    bits: dict[str, int] = field(default_factory=dict)
+    avg_bits: float | None = None
 
     def coverage_line(self) -> str:
         """'vision 48/48, text 0/28' style summary."""
@@ -55,23 +59,26 @@ def _coverage(all_maps: list[LinearMap], chosen: list[LinearMap]) -> dict[str, t
     return out
 
 
-def check_quantizable(model: nn.Module, spec: QuantSpec | RankSpec, calibrate: Calibrator | None) -> None:
+def check_quantizable(model: nn.Module, spec: QuantSpec | RankSpec | MixedSpec, calibrate: Calibrator | None) -> None:
     """Raise ValueError when `spec` cannot be applied to `model` as given; touches nothing."""
-    if not isinstance(spec, (QuantSpec, RankSpec)):
-        raise TypeError(f"spec must be a QuantSpec, a RankSpec or a spec string, got {type(spec).__name__}")
+    if not isinstance(spec, (QuantSpec, RankSpec, MixedSpec)):
+        raise TypeError(f"spec must be a QuantSpec, a RankSpec, a MixedSpec or a spec string, got "
+                        f"{type(spec).__name__}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if any(is_quantized(m) for m in model.modules()):
         raise ValueError("the model is already quantized: quantize a fresh copy")
-    if isinstance(spec, QuantSpec) and (spec.a_bits is not None or spec.method == "smoothquant") and calibrate is None:
+    if (isinstance(spec, (QuantSpec, MixedSpec)) and (spec.a_bits is not None or spec.method == "smoothquant")
+            and calibrate is None):
         raise ValueError(f"spec {spec} quantizes activations or smooths them: pass a calibrate(model) function")
     if calibrate is not None and not callable(calibrate):
         raise TypeError(f"calibrate must be a callable run on the model, got {type(calibrate).__name__}")
 
 
-def quantize_(model: nn.Module, spec: QuantSpec | RankSpec | str, calibrate: Calibrator | None = None
+def quantize_(model: nn.Module, spec: QuantSpec | RankSpec | MixedSpec | str, calibrate: Calibrator | None = None
                    ) -> QuantReport:
-    """Apply `spec` in place: attention surgery, then rank truncation or (SmoothQuant | rotation) + RTN or LSQ.
+    """Apply `spec` in place: attention surgery, then rank truncation, (SmoothQuant | rotation) + RTN or LSQ, or
+    mixed-precision RTN (per-map weight bits from `qclip.quant.mixed.assign_bits`, listed in `report.bits`).
 
     `calibrate(model)` must run a few forward passes (`spec.calib_batches` image batches, plus text prompts when
     the text tower is in scope); it is needed for activation quantization and SmoothQuant.
@@ -88,6 +95,13 @@ def quantize_(model: nn.Module, spec: QuantSpec | RankSpec | str, calibrate: Cal
     if isinstance(spec, RankSpec):
         report.truncation = truncate_modules_(modules, spec.mode, spec.value)
         return report
+    if isinstance(spec, MixedSpec):
+        from .mixed import assign_bits, average_bits
+
+        report.bits = assign_bits(modules, spec)
+        report.avg_bits = average_bits({n: int(m.weight.numel()) for n, m in modules.items()}, report.bits)
+        quantize_maps_(model, modules, spec.at_bits(spec.choices[-1]), calibrate, w_bits=report.bits)
+        return report
     if spec.method == "smoothquant":
         in_scope = tuple(("visual",) if spec.scope == "vision" else ("visual", "transformer", "text"))
         report.smoothed_groups = apply_smoothquant_(model, in_scope, calibrate, spec.smoothquant_alpha)
@@ -96,13 +110,22 @@ def quantize_(model: nn.Module, spec: QuantSpec | RankSpec | str, calibrate: Cal
 
 
 def quantize_maps_(model: nn.Module, modules: dict[str, nn.Module], spec: QuantSpec,
-                   calibrate: Calibrator | None) -> None:
-    """Attach (rotation +) weight and activation fake quantizers to `modules`, then calibrate activations."""
+                   calibrate: Calibrator | None, *, w_bits: Mapping[str, int] | None = None) -> None:
+    """Attach (rotation +) weight and activation fake quantizers to `modules`, then calibrate activations.
+
+    `w_bits` (name → bits, one per module) overrides `spec.w_bits` per module (mixed precision); the activations of
+    all modules are still calibrated in one pass."""
     if spec.a_bits is not None and calibrate is None:
         raise ValueError(f"spec {spec} quantizes activations: pass a calibrate(model) function")
+    if w_bits is not None:
+        bad = {n: w_bits.get(n) for n in modules
+               if not isinstance(w_bits.get(n), int) or isinstance(w_bits.get(n), bool) or not 2 <= w_bits[n] <= 8}
+        if bad:
+            raise ValueError(f"w_bits must give every module an integer width in 2..8; bad or missing: {bad}")
     act_quants: dict[str, ActQuant] = {}
     with torch.no_grad():
         for name, module in modules.items():
+            bits = spec.w_bits if w_bits is None else w_bits[name]
             conv = isinstance(module, nn.Conv2d)
             rotation = None
             if spec.rotates:
@@ -110,13 +133,13 @@ def quantize_maps_(model: nn.Module, modules: dict[str, nn.Module], spec: QuantS
                 module.weight.copy_(rotation.fold_into_weight(module.weight))
             weight_quant = None
             if spec.learns_scales:
-                weight_quant = LSQQuantizer(spec.w_bits, per_channel=spec.granularity == "per_channel",
+                weight_quant = LSQQuantizer(bits, per_channel=spec.granularity == "per_channel",
                                             channels=module.weight.shape[0]).to(module.weight.device)
                 weight_quant.init_from(module.weight)
             else:
                 kw = dict(granularity=spec.granularity, group_size=spec.group_size, symmetric=spec.symmetric)
-                scale, _ = weight_qparams(module.weight, spec.w_bits, **kw)
-                module.weight.copy_(fake_quantize_weight(module.weight, spec.w_bits, **kw))
+                scale, _ = weight_qparams(module.weight, bits, **kw)
+                module.weight.copy_(fake_quantize_weight(module.weight, bits, **kw))
                 module.register_buffer("weight_scale", scale)  # the grid, for exact integer export
             input_quant = None
             if spec.a_bits is not None:

@@ -55,7 +55,10 @@ def prepare_qat_(model: nn.Module, spec: QuantSpec | str, calibrate: Calibrator 
                 backend: str = "lsq") -> QuantReport:
     """Insert trainable fake quantizers in place (the model stays in its current train/eval mode); every argument
     is validated before the model is touched."""
-    spec = _as_lsq(parse_spec(spec) if isinstance(spec, str) else spec)
+    spec = parse_spec(spec) if isinstance(spec, str) else spec
+    if spec.kind != "quant":
+        raise ValueError(f"QAT needs a uniform quantization spec (e.g. w4a8-lsq); {spec} is a {spec.kind} spec")
+    spec = _as_lsq(spec)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     check_quantizable(model, spec, calibrate)

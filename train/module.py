@@ -48,9 +48,11 @@ def _validate(hp: dict) -> None:
         from qclip.quant.spec import parse_spec
 
         try:
-            parse_spec(hp["quant"])
+            kind = parse_spec(hp["quant"]).kind
         except ValueError as exc:
             raise ConfigError(f"bad model.quant {hp['quant']!r}: {exc}") from None
+        if kind != "quant":
+            raise ConfigError(f"model.quant must be a uniform quantization spec (e.g. w4a8-lsq), got {hp['quant']!r}")
     check_choice("backend", hp["backend"], ("lsq", "torchao"))
     check_choice("spectral_on", hp["spectral_on"], ("features", "weights", "both"))
     for name in ("distill_weight", "contrastive_weight", "spectral_lambda", "weight_decay"):

@@ -37,12 +37,14 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from qclip.experiments.ablate import merge_results, run_grid, write_grid_report
     from qclip.experiments.grid import grid_data_root, load_grid, parse_shard
     from qclip.io.errors import QclipInputError
 
-    cfg = load_grid(args.config, limit=args.limit, ood_limit=args.ood_limit)
+    cfg = load_grid(args.config, limit=args.limit, ood_limit=args.ood_limit)  # validated before anything heavy loads
     shard = parse_shard(args.shard)
+
+    from qclip.experiments.ablate import merge_results, run_grid, write_grid_report
+
     data_root = grid_data_root(cfg, args.data_root)
     if args.merge:
         records, missing = merge_results(cfg, args.out)

@@ -96,8 +96,8 @@ def sort_key(rec: CellRecord) -> tuple:
         variant = variant.split(":", 1)[-1]
     key: tuple = ()
     if kind in ("quant", "rank-match"):
-        m = re.match(r"w(\d+)(?:a(\d+))?", c.get("bits") or variant)
-        w, a = (int(m.group(1)), int(m.group(2) or 32)) if m else (0, 0)
+        m = re.match(r"w(\d+(?:\.\d+)?)(?:a(\d+))?", c.get("bits") or variant)
+        w, a = (float(m.group(1)), int(m.group(2) or 32)) if m else (0.0, 0)
         key = (_METHOD_ORDER.get(c.get("method"), 9), str(c.get("method")), -w, -a)
     elif kind == "rank":
         m = re.match(r"rank-([a-z])([\d.]+)", variant)

@@ -12,8 +12,9 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from qclip.io.errors import QclipInputError
+from qclip.io.errors import ConfigError, QclipInputError
 from qclip.io.records import CellInfo
+from qclip.io.validate import PRECISIONS, check_choice, check_int, check_str, check_str_list
 
 __all__ = ["GridConfig", "Cell", "QatEntry", "load_grid", "expand_cells", "parse_shard", "shard_cells", "spec_string",
            "grid_data_root"]
@@ -88,6 +89,10 @@ class GridConfig:
         from qclip.evals.corruptions import parse_corruptions
         from qclip.quant.spec import SCOPES, parse_spec
 
+        try:
+            self._check_types()
+        except ConfigError as exc:
+            raise ConfigError(f"grid: {exc}") from None
         if not self.models:
             raise QclipInputError("grid: 'models' is empty")
         for m in self.models:
@@ -100,6 +105,15 @@ class GridConfig:
             if scope not in SCOPES:
                 raise QclipInputError(f"grid: unknown scope {scope!r} (choose from {SCOPES})")
         self.qat = [q if isinstance(q, QatEntry) else _qat_entry(q) for q in self.qat]
+        for q in self.qat:
+            try:
+                if parse_spec(q.spec).kind != "quant":
+                    raise QclipInputError(f"grid: qat entry {q.name!r} needs a uniform quantization spec (e.g. "
+                                          f"w4a8-lsq), got {q.spec!r}")
+            except ValueError as exc:
+                if isinstance(exc, QclipInputError):
+                    raise
+                raise QclipInputError(f"grid: {exc}") from None
         try:
             for text in [*self.quant_specs(), *self.truncation, *self.match_truncation, *(q.spec for q in self.qat)]:
                 parse_spec(text)
@@ -118,6 +132,39 @@ class GridConfig:
             raise QclipInputError("grid: 'spurious' is a pair [common, counter]")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise QclipInputError(f"grid: 'seeds' must be distinct integers, got {self.seeds!r}")
+
+    def _check_types(self) -> None:
+        """Types and ranges of every key, before anything is expanded (a string where a list belongs is refused:
+        `methods: rtn` would otherwise read as the methods r, t, n)."""
+        from qclip.spectral.features import parse_bands
+
+        check_str("name", self.name)
+        if not isinstance(self.models, list):
+            raise ConfigError(f"models must be a list of {{name, pretrained}}, got {self.models!r}")
+        for key in ("methods", "bits", "scopes", "extra_specs", "truncation", "match_truncation", "ood", "shift",
+                    "corruptions"):
+            setattr(self, key, check_str_list(key, getattr(self, key)))
+        if not isinstance(self.qat, list):
+            raise ConfigError(f"qat must be a list of {{name, spec, checkpoint}}, got {self.qat!r}")
+        if not isinstance(self.seeds, list):
+            raise ConfigError(f"seeds must be a list of integers, got {self.seeds!r}")
+        for seed in self.seeds:
+            check_int("an entry of seeds", seed, minimum=0)
+        check_str("dataset", self.dataset)
+        if self.spurious is not None:
+            check_str_list("spurious", self.spurious)
+        check_int("limit", self.limit, minimum=1, optional=True)
+        check_int("ood_limit", self.ood_limit, minimum=1, optional=True)
+        check_int("bootstrap", self.bootstrap, minimum=0)
+        check_int("calib_batches", self.calib_batches, minimum=1, optional=True)
+        check_choice("precision", self.precision, PRECISIONS)
+        check_str("bands", self.bands)
+        try:
+            parse_bands(self.bands)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        check_int("batch_size", self.batch_size, minimum=1)
+        check_str("data_root", self.data_root, optional=True)
 
     def quant_specs(self) -> list[str]:
         """PTQ spec strings: scopes × methods × bits, then `extra_specs` (duplicates dropped)."""
@@ -169,9 +216,11 @@ def load_grid(path: str | os.PathLike, **overrides) -> GridConfig:
     if not path.is_file():
         raise QclipInputError(f"grid config {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise QclipInputError(f"grid config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if data is None:
+        raise QclipInputError(f"grid config {path} is empty: it needs at least the models and the dataset")
     if not isinstance(data, dict):
         raise QclipInputError(f"grid config {path} must be a mapping of settings")
     known = {f.name for f in fields(GridConfig)}
@@ -190,8 +239,9 @@ def load_grid(path: str | os.PathLike, **overrides) -> GridConfig:
 
 
 def _bits(spec) -> str:
-    """`w4a8` / `w4` of a quantization spec."""
-    return f"w{spec.w_bits}" + (f"a{spec.a_bits}" if spec.a_bits else "")
+    """`w4a8` / `w4` of a quantization spec (`w4.5a8` for a mixed-precision spec's average weight bits)."""
+    w = f"{spec.avg_bits:g}" if spec.kind == "mixed" else spec.w_bits
+    return f"w{w}" + (f"a{spec.a_bits}" if spec.a_bits else "")
 
 
 def expand_cells(cfg: GridConfig) -> list[Cell]:

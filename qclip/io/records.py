@@ -87,6 +87,8 @@ class QuantSummary(TypedDict, total=False):
     kept_ranks: dict[str, int]
     matched_errors: dict[str, float]
     energy_kept_mean: float
+    bits: dict[str, int]
+    avg_bits: float
 
 
 class SuiteRecord(TypedDict, total=False):
