@@ -33,6 +33,41 @@ CELLS = {
 }
 ORDER = ["fp", "w8a8", "w4a8", "w4a8-rot-vt", "rank-match:w4a8", "rank-e0.9", "rank-e0.5"]
 
+# Paired differences against FP (quant − FP, p-value) of the three quant cells, per (role, set, metric). Holm at
+# 0.05 over 3 tests rejects p ≤ 0.0167, then ≤ 0.025, then ≤ 0.05 (step-down):
+# - noise (gaussian_noise:3 acc1): +0.02 (p .001), −0.02 (p .3), +0.01 (p .02) -> 2 for, 0 against: holds;
+# - shift acc1 (6 tests): only w4a8-rot-vt on shift_a is significant, upwards -> "does not improve" does not hold;
+# - ECE on the ID set (resolvable: FP ECE 0.10 ≥ 3 × floor 0.01; FP over-confident): −0.02 (p .01), −0.04
+#   (p .001), +0.02 (p .2) -> holds for over-confident; shift_a (resolvable, FP under-confident): nothing
+#   significant -> not resolved; defocus_blur, gaussian_noise and shift_b are not resolvable (ECE < 3 × floor);
+# - MCM AUROC (6 tests): w4a8 on ood_a −0.02 (p .001) only -> does not hold.
+PAIRED = {
+    ("corruptions", "gaussian_noise:3", "acc1"): {"w8a8": (0.02, 0.001), "w4a8": (-0.02, 0.3),
+                                                  "w4a8-rot-vt": (0.01, 0.02)},
+    ("shift", "wds/shift_a", "acc1"): {"w8a8": (-0.01, 0.4), "w4a8": (-0.05, 0.06), "w4a8-rot-vt": (0.05, 0.001)},
+    ("shift", "wds/shift_b", "acc1"): {"w8a8": (-0.01, 0.5), "w4a8": (-0.02, 0.2), "w4a8-rot-vt": (0.01, 0.6)},
+    ("id", None, "ece"): {"w8a8": (-0.02, 0.01), "w4a8": (-0.04, 0.001), "w4a8-rot-vt": (0.02, 0.2)},
+    ("shift", "wds/shift_a", "ece"): {"w8a8": (-0.01, 0.5), "w4a8": (0.01, 0.4), "w4a8-rot-vt": (0.0, 1.0)},
+    ("ood", "wds/ood_a", "auroc"): {"w8a8": (0.01, 0.5), "w4a8": (-0.02, 0.001), "w4a8-rot-vt": (-0.01, 0.3)},
+    ("ood", "wds/ood_b", "auroc"): {"w8a8": (0.01, 0.5), "w4a8": (-0.01, 0.3), "w4a8-rot-vt": (0.0, 1.0)},
+}
+
+
+def _paired(variant: str, corruptions) -> dict | None:
+    """The paired block of a quant cell: every set it was evaluated on, with PAIRED's values (else p = 1)."""
+    if CELLS[variant][0] != "quant":
+        return None
+
+    def stats(role, name, metric):
+        d, p = PAIRED.get((role, name, metric), {}).get(variant, (0.0, 1.0))
+        return {"diff": d, "low": d - 0.01, "high": d + 0.01, "p": p}
+
+    labelled = lambda role, name: {"n": 500, "acc1": stats(role, name, "acc1"), "ece": stats(role, name, "ece")}  # noqa: E731
+    return {"id": {**labelled("id", None), "n": 1000},
+            "corruptions": {c: labelled("corruptions", c) for c in corruptions},
+            "shift": {s: labelled("shift", s) for s in SHIFT},
+            "ood": {o: {"n": 1500, "auroc": stats("ood", o, "auroc")} for o in OOD}}
+
 
 def _bins(acc1: float) -> dict:
     lower = [i / 15 for i in range(15)]
@@ -50,9 +85,11 @@ def make_record(variant: str, *, corruptions=CORR, seed: int = 0) -> dict:
         "reliability": _bins(acc1),
         "ood": {name: {score: {"auroc": a, "aupr": a - 0.05, "fpr95": 1.3 - a}
                        for score in ("mcm", "max_logit", "energy", "entropy")} for name, a in zip(OOD, aurocs)},
+        "ece_floor": 0.01, "ece_floor_sd": 0.003, "confidence": acc1 + 0.1,
         "corruptions": {c: {"acc1": noise if "noise" in c else acc1 - 0.2, "ece": ece + 0.02, "nll": 2.0,
-                            "brier": 0.5} for c in corruptions},
-        "shift": {name: {"acc1": a, "ece": ece + 0.03, "n": 500} for name, a in zip(SHIFT, shift)},
+                            "brier": 0.5, "ece_floor": 0.05, "confidence": 0.5} for c in corruptions},
+        "shift": {name: {"acc1": a, "ece": ece + 0.03, "n": 500, "ece_floor": floor, "confidence": a - 0.2}
+                  for name, a, floor in zip(SHIFT, shift, (0.02, 0.1))},
         "spurious": {"acc_common": acc1, "acc_counter": acc1 - 0.2, "rsg": 0.2 / acc1},
         "ci": {"acc1": [acc1 - 0.01, acc1 + 0.01], "ece": [ece - 0.01, ece + 0.01]},
     }
@@ -63,7 +100,7 @@ def make_record(variant: str, *, corruptions=CORR, seed: int = 0) -> dict:
                  "kind": kind, "method": method, "bits": bits, "scope": scope, "seed": seed},
         "datasets": {"id": "wds/cifar10", "ood": OOD, "shift": SHIFT, "corruptions": list(corruptions),
                      "spurious": SPUR},
-        "n": 1000, "metrics": metrics, "delta": None,
+        "n": 1000, "metrics": metrics, "delta": None, "paired": _paired(variant, corruptions),
         "spectral": {"weight_rel_error": wre, "weight_maps": 0 if wre is None else 12,
                      "damping": None if wre is None else {"rank_fraction": [(b + 0.5) / 20 for b in range(20)],
                                                           "ratio": ratio},
@@ -195,8 +232,18 @@ def test_quant_vs_rank_pairs(report):
 
 def test_findings_on_constructed_records():
     found = {f["key"]: f for f in findings(make_records())}
-    expected = {"noise": (True, 3, 2), "shift": (True, 3, 2), "calibration": (True, 3, 2), "ood": (False, 3, 1),
-                "sqnr": (True, 6, 4), "rank_match": (True, 1, 1)}
+    paired = {"noise": (True, "holds", 3, 2, 0), "shift": (False, "does not hold", 6, 1, 0),
+              "calibration_over": (True, "holds", 3, 2, 0),
+              "calibration_under": (None, "not resolved at this N", 3, 0, 0),
+              "ood": (False, "does not hold", 6, 0, 1)}
+    for key, (holds, verdict, n, pro, con) in paired.items():
+        f = found[key]
+        assert (f["holds"], f["verdict"], f["n"], f["agree"], f["against"]) == (holds, verdict, n, pro, con), key
+        assert f"{n} paired tests" in f["evidence"] and f"{pro} significant in the claimed direction" in f["evidence"]
+    assert "wds/shift_a (N=500)" in found["calibration_under"]["evidence"]
+    assert "shift_b" not in found["calibration_under"]["evidence"]  # FP ECE 0.13 < 3 × floor 0.1: not resolvable
+    assert "id (N=1000)" in found["calibration_over"]["evidence"]
+    expected = {"sqnr": (True, 6, 4), "rank_match": (True, 1, 1)}
     for key, (holds, n, agree) in expected.items():
         assert (found[key]["holds"], found[key]["n"], found[key]["agree"]) == (holds, n, agree), key
         assert f"{agree}/{n}" in found[key]["evidence"]
@@ -206,16 +253,15 @@ def test_findings_on_constructed_records():
     assert damped["holds"] is True and damped["n"] == damped["agree"] > 0 and "adds energy" not in damped["evidence"]
 
 
-def test_calibration_finding_counts_gaps_beyond_the_noise_floor():
-    # quant ECEs 0.08 / 0.06 / 0.12 against FP 0.10; a floor sd of 0.011 resolves only w4a8's gap (0.04 > 0.022; w8a8: 0.02)
+def test_calibration_is_judged_only_where_fp_is_clearly_miscalibrated():
     records = make_records()
-    found = {f["key"]: f for f in findings(records)}["calibration"]
-    assert "perfectly calibrated" not in found["evidence"]  # records without a floor: the vote alone
-    for rec in records:
-        rec["metrics"]["ece_floor"], rec["metrics"]["ece_floor_sd"] = 0.03, 0.011
-    found = {f["key"]: f for f in findings(records)}["calibration"]
-    assert found["holds"] is True and (found["n"], found["agree"]) == (3, 2)
-    assert "; 1/3 by more than 2 sd" in found["evidence"] and "(median 0.0300 ± 0.0110)" in found["evidence"]
+    fp = next(r for r in records if r["cell"]["kind"] == "fp")
+    fp["metrics"]["ece_floor"] = 0.04  # FP's ID ECE 0.10 is now only 2.5 × its floor
+    found = {f["key"]: f for f in findings(records)}
+    assert "calibration_over" not in found and found["calibration_under"]["n"] == 3
+    fp["metrics"]["shift"]["wds/shift_a"]["ece_floor"] = 0.05  # and shift_a (ECE 0.13) no longer either
+    found = {f["key"]: f for f in findings(records)}
+    assert found["calibration"]["holds"] is None and "3× its noise floor" in found["calibration"]["evidence"]
 
 
 def test_weight_damping_finding_when_the_tail_grows():
@@ -233,6 +279,8 @@ def test_findings_that_do_not_hold_or_are_not_measured():
         if rec["cell"]["variant"] == "rank-match:w4a8":  # acc1 up while w4a8's went down
             rec["metrics"]["acc1"] = 0.85
         rec["metrics"]["shift"] = {}
+        if rec.get("paired"):
+            rec["paired"]["shift"] = {}
     found = {f["key"]: f for f in findings(records)}
     assert found["rank_match"]["holds"] is False and "acc1: 0/1" in found["rank_match"]["evidence"]
     for key in ("noise", "shift"):
@@ -275,7 +323,24 @@ def test_groups_use_their_own_fp_reference(tmp_path):
     assert [r["seed"] for r in rows] == [0, 1]
     assert rows[0]["delta_acc1"] == pytest.approx((0.80 - 0.70) / 0.80)
     assert rows[1]["delta_acc1"] == pytest.approx((0.75 - 0.70) / 0.75)
-    assert {f["key"]: f["n"] for f in findings(records)}["calibration"] == 4
+    assert {f["key"]: f["n"] for f in findings(records)}["calibration_over"] == 4
     write_report(records, tmp_path)
     md = (tmp_path / "report.md").read_text()
     assert "| demo\\|w4a8\\|s1 | vision | 0.7000 (+6.7%) |" in md  # multi-group tables label rows by cell id
+
+
+def test_holm_step_down_against_hand_computation():
+    from qclip.experiments.findings import holm
+
+    # sorted p .001 .012 .02 .04 vs α/4, α/3, α/2, α/1 = .0125 .0167 .025 .05: all four rejected
+    assert holm([0.04, 0.001, 0.02, 0.012]) == [True, True, True, True]
+    # .013 > .0125 stops at the first step: nothing is rejected, although .013 < .05
+    assert holm([0.013, 0.02, 0.03, 0.04]) == [False, False, False, False]
+    assert holm([0.5, 0.001]) == [False, True] and holm([]) == []
+
+
+def test_report_shows_paired_tests_and_uncertainty(report):
+    out, records, summary = report
+    md = (out / "report.md").read_text()
+    assert "holds —" in _section(md, "Findings") and "not resolved at this N" in md
+    assert "| demo\\|w4a8\\|s0 | id | 1000 | -0.0400 | [-0.0500, -0.0300] | 0.001 |" in md
