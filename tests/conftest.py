@@ -1,4 +1,5 @@
-"""Shared fixtures: an isolated environment (offline hubs, temp caches), micro open_clip models, data roots."""
+"""Shared fixtures: an isolated environment (offline hubs, temp caches), micro open_clip models, data roots (a
+synthetic one for every test, the real one only for tests of the real datasets' figures)."""
 
 from __future__ import annotations
 
@@ -25,18 +26,29 @@ MICRO = "qclip-micro-vit"
 open_clip.add_model_config(Path(__file__).with_name("model_configs"))
 
 
-def _data_root() -> Path:
-    env = os.environ.get("QCLIP_DATA_ROOT")
-    return Path(env) if env else REPO.parent / "shared" / "data"
+def pytest_configure(config):
+    config.addinivalue_line("markers", "real_data: asserts figures of the real datasets; needs $QCLIP_DATA_ROOT")
 
 
 @pytest.fixture(scope="session")
 def data_root() -> Path:
-    """The shared real datasets (CIFAR-10, PACS, ...) in CLIP_benchmark wds layout."""
-    root = _data_root()
-    if not (root / "wds_cifar10").is_dir():
-        pytest.skip(f"shared data not found at {root} (set QCLIP_DATA_ROOT)")
-    return root
+    """The real datasets (CIFAR-10, PACS, ...) in CLIP_benchmark wds layout, from `$QCLIP_DATA_ROOT`; skips without
+    them. Only tests of the real sets' own figures use it (named `..._real_data` or marked `real_data`); every other
+    test reads the synthetic `wds_root`."""
+    env = os.environ.get("QCLIP_DATA_ROOT")
+    if not env or not (Path(env) / "wds_cifar10").is_dir():
+        pytest.skip(f"real-data test: needs the real datasets in $QCLIP_DATA_ROOT (now {env or 'unset'})")
+    return Path(env)
+
+
+@pytest.fixture(scope="session")
+def wds_root() -> Path:
+    """A small synthetic data root in the real wds layout, built once per session (see tests/synthdata.py):
+    wds_cifar10 (train 2 x 256, test 320), wds_fashion_mnist, wds_pacs_photo/sketch, wds_imagenet_samples,
+    wds_imagenet_cifar10_shift/ood, with the real sets' class names, templates and image formats."""
+    from synthdata import build_synthetic_root
+
+    return build_synthetic_root(_SESSION_TMP / "data")
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""ImageNet-C / CIFAR-10-C corruptions: contract per corruption x severity, determinism, monotonicity on real images,
+"""ImageNet-C / CIFAR-10-C corruptions: contract per corruption x severity, determinism, monotonicity on dataset images,
 and parity with the `imagecorruptions` package (ImageNet-C parameters) and the make_cifar_c.py formulas (CIFAR)."""
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def _with_probe(names: list[str]) -> list:
     return [pytest.param(n, marks=pytest.mark.skip(reason=PROBES[n])) if PROBES[n] else n for n in names]
 
 
-# --------------------------------------------------------------------------------------------------- real images
+# ------------------------------------------------------------------------------------------------ dataset images
 
 def _read_images(shard: Path, n: int) -> np.ndarray:
     """The first n `<key>.jpg` images of a gzip webdataset shard, as uint8 [n, H, W, 3]."""
@@ -103,19 +103,19 @@ def _to_gray_levels(x: torch.Tensor) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def cifar_u8(data_root) -> np.ndarray:
-    return _read_images(data_root / "wds_cifar10" / "test" / "0.tar", 4)
+def cifar_u8(wds_root) -> np.ndarray:
+    return _read_images(wds_root / "wds_cifar10" / "test" / "0.tar", 4)
 
 
 @pytest.fixture(scope="module")
-def imagenet_u8(data_root) -> np.ndarray:
-    return _read_images(data_root / "wds_imagenet_samples" / "test" / "0.tar", 1)
+def imagenet_u8(wds_root) -> np.ndarray:
+    return _read_images(wds_root / "wds_imagenet_samples" / "test" / "0.tar", 1)
 
 
 @pytest.fixture(scope="module")
 def parity_u8(cifar_u8, imagenet_u8) -> np.ndarray:
-    """Two 224x224 frames (the size imagecorruptions' ImageNet parameters assume): the 128 px ImageNet sample and a
-    CIFAR-10 image, bicubic-upsampled."""
+    """Two 224x224 frames (the size imagecorruptions' ImageNet parameters assume): the 128 px ImageNet-like sample and a
+    CIFAR-10-like image of the synthetic data root, bicubic-upsampled."""
     return np.stack([np.asarray(Image.fromarray(a).resize((224, 224), Image.BICUBIC))
                      for a in (imagenet_u8[0], cifar_u8[0])])
 
@@ -184,9 +184,9 @@ _TIES = {("cifar", "motion_blur", 3)}
 
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("dataset", ["cifar", "imagenet"])
-def test_severity_is_monotone_on_real_images(dataset, name, cifar_u8, imagenet_u8):
-    """mean |x_c - x| increases with severity: 4 CIFAR-10 test images (CIFAR parameters, by "auto") and one 128 px
-    ImageNet sample (ImageNet parameters, by "auto")."""
+def test_severity_is_monotone_on_dataset_images(dataset, name, cifar_u8, imagenet_u8):
+    """mean |x_c - x| increases with severity: 4 CIFAR-10-like 32 px test images (CIFAR parameters, by "auto") and one
+    128 px ImageNet-like sample (ImageNet parameters, by "auto"), JPEGs of the synthetic data root."""
     x = _to_batch(cifar_u8 if dataset == "cifar" else imagenet_u8)
     assert resolve_params(x) == dataset
     dist = [(corrupt(x, name, s, generator=0) - x).abs().mean().item() for s in SEVERITIES]
@@ -342,7 +342,7 @@ _CIFAR_TOL = {"contrast": (0.01, False), "brightness": (0.01, False), "gaussian_
 @pytest.mark.skipif(IC is None, reason=IC_MISSING)
 @pytest.mark.parametrize("name", list(_CIFAR_TOL))
 def test_parity_cifar_formulas(name, cifar_u8):
-    """CIFAR-10-C parameters on 4 real 32 px images, max |diff| in gray levels as for the ImageNet-C parity."""
+    """CIFAR-10-C parameters on 4 CIFAR-10-like 32 px JPEGs, max |diff| in gray levels as for the ImageNet-C parity."""
     max_abs, rounded = _CIFAR_TOL[name]
     for severity in SEVERITIES:
         ours = _to_gray_levels(corrupt(_to_batch(cifar_u8), name, severity, params="cifar"))

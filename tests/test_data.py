@@ -1,4 +1,5 @@
-"""wds and ImageFolder datasets against a tarfile + Pillow reference: layouts, workers, limits, errors, HTTP."""
+"""wds and ImageFolder datasets against a tarfile + Pillow reference: layouts, workers, limits, errors, HTTP; the
+synthetic test data root (tests/synthdata.py) and, where present, the real CIFAR-10 layout."""
 
 from __future__ import annotations
 
@@ -18,13 +19,19 @@ import torch
 from PIL import Image
 from torchvision.transforms import PILToTensor
 
-from qclip.io.data import (DEFAULT_TEMPLATES, WdsImageDataset, iter_wds_samples, make_dataset, make_loader,
-                        resolve_dataset)
+from qclip.io.data import (
+    DEFAULT_TEMPLATES,
+    WdsImageDataset,
+    iter_wds_samples,
+    make_dataset,
+    make_loader,
+    resolve_dataset,
+)
 from qclip.io.errors import DataError, one_line
 
 CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 TEMPLATES = ("a photo of a {c}.", "itap of a {c}.")
-N_REAL = 40
+N_CIFAR = 40
 
 Sample = namedtuple("Sample", "key ext data label")
 
@@ -41,10 +48,10 @@ def _png(seed: int, size: tuple[int, int], mode: str = "RGB") -> bytes:
     return buf.getvalue()
 
 
-def _with_pngs(real: list[Sample], pngs: list[tuple[tuple[int, int], str]]) -> list[Sample]:
-    """Insert synthetic PNG samples (size, mode) into the real ones, one after every 10 real samples."""
+def _with_pngs(jpegs: list[Sample], pngs: list[tuple[tuple[int, int], str]]) -> list[Sample]:
+    """Insert random-pixel PNG samples (size, mode) into the JPEG ones, one after every 10 JPEG samples."""
     out, extra = [], iter(enumerate(pngs))
-    for i, s in enumerate(real):
+    for i, s in enumerate(jpegs):
         out.append(s)
         if i % 10 == 9 and (nxt := next(extra, None)) is not None:
             j, (size, mode) = nxt
@@ -120,32 +127,32 @@ def _loader_fingerprints(loader) -> list[tuple[int, tuple[int, ...], str]]:
 # ---------------------------------------------------------------------------------------------------- fixtures
 
 @pytest.fixture(scope="session")
-def real_samples(data_root) -> list[Sample]:
-    """The first N_REAL samples of the real CIFAR-10 test shard, raw bytes unchanged."""
+def cifar_samples(wds_root) -> list[Sample]:
+    """The first N_CIFAR samples of the (synthetic) CIFAR-10 test shard, JPEG bytes unchanged."""
     out, image = [], None
-    with tarfile.open(data_root / "wds_cifar10" / "test" / "0.tar", mode="r|*") as tf:
+    with tarfile.open(wds_root / "wds_cifar10" / "test" / "0.tar", mode="r|*") as tf:
         for m in tf:
             data = tf.extractfile(m).read()
             key, _, ext = m.name.partition(".")
             if ext == "cls":
                 out.append(Sample(key, image[0], image[1], int(data)))
-                if len(out) == N_REAL:
+                if len(out) == N_CIFAR:
                     return out
             else:
                 image = (ext, data)
-    raise AssertionError("real shard too short")
+    raise AssertionError("CIFAR-10 test shard too short")
 
 
 @pytest.fixture(scope="session")
-def samples(real_samples) -> list[Sample]:
-    """Real JPEG samples plus 3 synthetic 32x32 PNGs (all one size, so default collate works)."""
-    return _with_pngs(real_samples, [((32, 32), "RGB"), ((32, 32), "L"), ((32, 32), "RGBA")])
+def samples(cifar_samples) -> list[Sample]:
+    """CIFAR-10 JPEG samples plus 3 synthetic 32x32 PNGs (all one size, so default collate works)."""
+    return _with_pngs(cifar_samples, [((32, 32), "RGB"), ((32, 32), "L"), ((32, 32), "RGBA")])
 
 
 @pytest.fixture(scope="session")
-def mixed_samples(real_samples) -> list[Sample]:
-    """Real JPEG samples plus synthetic PNGs of other sizes and modes."""
-    return _with_pngs(real_samples, [((48, 20), "RGB"), ((7, 33), "L"), ((64, 64), "RGBA")])
+def mixed_samples(cifar_samples) -> list[Sample]:
+    """CIFAR-10 JPEG samples plus synthetic PNGs of other sizes and modes."""
+    return _with_pngs(cifar_samples, [((48, 20), "RGB"), ((7, 33), "L"), ((64, 64), "RGBA")])
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -194,7 +201,7 @@ def test_wds_dataset_equals_reference_reader(tmp_path, mixed_samples, gz, nshard
     ref = _reference(shards)
     assert [lab for _, lab in ref] == [s.label for s in mixed_samples]
     ours = list(WdsImageDataset(shards, PILToTensor()))
-    assert len(ours) == len(ref) == N_REAL + 3
+    assert len(ours) == len(ref) == N_CIFAR + 3
     for (img, lab), (ref_img, ref_lab) in zip(ours, ref):
         assert lab == ref_lab and isinstance(lab, int)
         assert img.dtype == torch.uint8 and torch.equal(img, ref_img)
@@ -294,7 +301,20 @@ def test_resolve_wds_data_root_from_env_and_name_pattern(tmp_path, samples, monk
     assert spec.shards == tuple(_shards(base, "train"))
 
 
-def test_resolve_real_cifar10(data_root):
+def test_resolve_cifar10_layout(wds_root):
+    test = resolve_dataset("wds/cifar10", data_root=wds_root)
+    assert test.classnames == CIFAR10
+    templates = (wds_root / "wds_cifar10" / "zeroshot_classification_templates.txt").read_text().splitlines()
+    assert test.templates == tuple(templates) and len(templates) == 18 and all("{c}" in t for t in templates)
+    assert test.shards == (str(wds_root / "wds_cifar10" / "test" / "0.tar"),)
+    train = resolve_dataset("wds/cifar10", data_root=str(wds_root), split="train")
+    assert train.shards == tuple(str(wds_root / "wds_cifar10" / "train" / f"{i}.tar") for i in range(2))
+    assert train.classnames == CIFAR10 and train.templates == test.templates
+
+
+@pytest.mark.real_data
+def test_resolve_cifar10_real_data(data_root):
+    """The real set's own figures: 18 templates, one test shard and five train shards."""
     test = resolve_dataset("wds/cifar10", data_root=data_root)
     assert test.classnames == CIFAR10
     assert len(test.templates) == 18 and all("{c}" in t for t in test.templates)
@@ -304,8 +324,8 @@ def test_resolve_real_cifar10(data_root):
     assert train.classnames == CIFAR10 and train.templates == test.templates
 
 
-def test_real_cifar10_first_samples_match_reference(data_root):
-    spec = resolve_dataset("wds/cifar10", data_root=data_root)
+def test_cifar10_first_samples_match_reference(wds_root):
+    spec = resolve_dataset("wds/cifar10", data_root=wds_root)
     ours = list(make_dataset(spec, PILToTensor(), limit=25))
     ref = []
     with tarfile.open(spec.shards[0], mode="r|*") as tf:  # only read the first members
@@ -318,6 +338,7 @@ def test_real_cifar10_first_samples_match_reference(data_root):
                     break
             else:
                 img = PILToTensor()(Image.open(io.BytesIO(data)).convert("RGB"))
+    assert len(ours) == len(ref) == 25
     assert [lab for _, lab in ours] == [lab for _, lab in ref]
     assert all(torch.equal(a, b) and a.shape == (3, 32, 32) for (a, _), (b, _) in zip(ours, ref))
 
@@ -541,11 +562,76 @@ def test_imagefolder_without_images_is_data_error(tmp_path):
     assert str(folder) in str(ei.value)
 
 
-def test_shard_members_are_copied_unchanged(real_samples, data_root):
-    """Guard on the helper itself: the copied bytes are the real shard's first members."""
-    with tarfile.open(data_root / "wds_cifar10" / "test" / "0.tar", mode="r|*") as tf:
+def test_shard_members_are_copied_unchanged(cifar_samples, wds_root):
+    """Guard on the helper itself: the copied bytes are the CIFAR-10 test shard's first members."""
+    with tarfile.open(wds_root / "wds_cifar10" / "test" / "0.tar", mode="r|*") as tf:
         first = next(iter(tf))
-        assert first.name == f"{real_samples[0].key}.{real_samples[0].ext}"
-        assert tf.extractfile(first).read() == real_samples[0].data
-    assert len({s.key for s in real_samples}) == N_REAL and all(0 <= s.label < 10 for s in real_samples)
+        assert first.name == f"{cifar_samples[0].key}.{cifar_samples[0].ext}"
+        assert tf.extractfile(first).read() == cifar_samples[0].data
+    assert len({s.key for s in cifar_samples}) == N_CIFAR and all(0 <= s.label < 10 for s in cifar_samples)
 
+
+# ---------------------------------------------------------------------------------------------------- test data root
+
+def test_synthetic_root_holds_what_it_promises(wds_root):
+    """The synthetic root (tests/synthdata.py) in the real layout: counts per split and shard, labels, keys, formats,
+    gzip shards with fixed tar metadata, the registry's class names and templates."""
+    from synthdata import SYNTHETIC
+
+    from qclip.io.registry import get_entry, load_registry
+
+    text = load_registry()["text"]
+    for name, ds in SYNTHETIC.items():
+        base = wds_root / f"wds_{name}"
+        entry = get_entry(name)
+        assert (base / "classnames.txt").read_text().splitlines() == text["classnames"][entry["classnames"]]
+        keys = []
+        for split, sizes in ds.splits.items():
+            assert (base / split / "nshards.txt").read_text() == f"{len(sizes)}\n"
+            for shard, n in zip(_shards(base, split), sizes):
+                with open(shard, "rb") as f:
+                    assert f.read(2) == b"\x1f\x8b", shard
+                with tarfile.open(shard, mode="r|*") as tf:
+                    members = list(tf)
+                assert len(members) == 2 * n, shard
+                assert all((m.mtime, m.uid, m.gid, m.mode) == (0, 0, 0, 0o644) for m in members)
+                assert [m.name.rpartition(".")[2] for m in members] == [ds.fmt, "cls"] * n
+                keys += [m.name.partition(".")[0] for m in members[::2]]
+            samples = _reference(_shards(base, split))
+            labels = [lab for _, lab in samples]
+            assert len(samples) == ds.counts()[split]
+            assert set(labels) == set(ds.labels or range(len(text["classnames"][entry["classnames"]])))
+            assert {tuple(img.shape) for img, _ in samples} == {(3, ds.size, ds.size)}
+        assert keys == [f"s{i:09d}" for i in range(len(keys))]  # increasing, test after train
+    # Fashion-MNIST-like: grayscale PNG; the shift set has no deer; every shard mixes classes
+    with tarfile.open(wds_root / "wds_fashion_mnist" / "test" / "0.tar", mode="r|*") as tf:
+        first = next(iter(tf))
+        assert Image.open(io.BytesIO(tf.extractfile(first).read())).mode == "L"
+    assert 4 not in {lab for _, lab in _reference(_shards(wds_root / "wds_imagenet_cifar10_shift"))}
+    first_labels = [lab for _, lab in _reference(_shards(wds_root / "wds_cifar10", "train"))[:20]]
+    assert len(set(first_labels)) >= 5
+
+
+def test_synthetic_root_rebuilds_byte_identically(wds_root, tmp_path):
+    from synthdata import build_synthetic_root
+
+    again = build_synthetic_root(tmp_path, ["cifar10", "fashion_mnist"])
+    for name in ("cifar10", "fashion_mnist"):
+        files = sorted(p.relative_to(wds_root) for p in (wds_root / f"wds_{name}").rglob("*") if p.is_file())
+        assert files and files == sorted(p.relative_to(again) for p in (again / f"wds_{name}").rglob("*") if p.is_file())
+        for rel in files:
+            assert (again / rel).read_bytes() == (wds_root / rel).read_bytes(), rel
+
+
+def test_synthetic_images_carry_their_class(wds_root):
+    """A nearest-class-mean classifier on mean colour, fitted on the train split, is far above chance on the test
+    split: there is a class signal to learn."""
+    def colour(split):
+        pairs = _reference(_shards(wds_root / "wds_cifar10", split))
+        return torch.stack([img.float().mean((1, 2)) for img, _ in pairs]), torch.tensor([lab for _, lab in pairs])
+
+    x, y = colour("train")
+    means = torch.stack([x[y == c].mean(0) for c in range(10)])
+    xt, yt = colour("test")
+    accuracy = float((torch.cdist(xt, means).argmin(1) == yt).float().mean())
+    assert accuracy > 0.5

@@ -17,7 +17,7 @@ from qclip.train.demo import (
 from qclip.io.demo import DEMO_MODEL_NAME, WEIGHTS_FILE, demo_dir, is_trained
 from qclip.io.models import load_model
 
-TINY = dict(max_steps=2, limit=256, batch_size=64)
+TINY = dict(max_steps=2, limit=64, batch_size=16)  # bf16-mixed (the default): slow on CPUs without native bf16
 
 
 def test_random_crop_flip_returns_shifted_crops():
@@ -49,17 +49,17 @@ def test_recipe_validates():
 
 
 @pytest.fixture(scope="session")
-def tiny_demo(data_root, session_tmp):
-    """A 2-step demo pretraining run on 256 CIFAR-10 images (folder, metadata)."""
+def tiny_demo(wds_root, session_tmp):
+    """A 2-step demo pretraining run on 64 (synthetic) CIFAR-10 images (folder, metadata)."""
     out = session_tmp / "tiny-demo"
-    meta = pretrain_demo(out, DemoRecipe(**TINY), data_root=str(data_root), progress=False, evaluate=False)
+    meta = pretrain_demo(out, DemoRecipe(**TINY), data_root=str(wds_root), progress=False, evaluate=False)
     return out, meta
 
 
 def test_two_step_pretraining_writes_an_open_clip_folder(tiny_demo):
     folder, meta = tiny_demo
     assert is_trained(folder)
-    assert meta["steps"] == 2 and meta["train_images"] == 256
+    assert meta["steps"] == 2 and meta["train_images"] == 64
     assert json.loads((folder / "qclip_demo.json").read_text())["recipe"]["max_steps"] == 2
     ours = load_model(f"local-dir:{folder}")
     # stock open_clip: by registered name + checkpoint path, and as a local-dir
@@ -71,9 +71,9 @@ def test_two_step_pretraining_writes_an_open_clip_folder(tiny_demo):
     assert ours.tokenizer.context_length == 16
 
 
-def test_pretraining_changes_weights_and_is_deterministic(tiny_demo, data_root, tmp_path):
+def test_pretraining_changes_weights_and_is_deterministic(tiny_demo, wds_root, tmp_path):
     folder, _ = tiny_demo
-    pretrain_demo(tmp_path / "again", DemoRecipe(**TINY), data_root=str(data_root), progress=False, evaluate=False)
+    pretrain_demo(tmp_path / "again", DemoRecipe(**TINY), data_root=str(wds_root), progress=False, evaluate=False)
     a = load_model(f"local-dir:{folder}").model.state_dict()
     b = load_model(f"local-dir:{tmp_path / 'again'}").model.state_dict()
     for k in a:
@@ -83,12 +83,13 @@ def test_pretraining_changes_weights_and_is_deterministic(tiny_demo, data_root, 
     assert not torch.equal(init["visual.layer1.0.conv1.weight"], a["visual.layer1.0.conv1.weight"])
 
 
-def test_demo_dir_env_override_and_first_use(tiny_demo, data_root, tmp_path, monkeypatch):
+def test_demo_dir_env_override_and_first_use(tiny_demo, wds_root, tmp_path, monkeypatch):
     monkeypatch.setenv("QCLIP_DEMO_DIR", str(tmp_path / "demo"))
     assert demo_dir() == tmp_path / "demo"
-    folder = ensure_demo_model(data_root=str(data_root), progress=False, recipe=DemoRecipe(**TINY), evaluate=False)
+    recipe = DemoRecipe(**TINY, precision="32-true")  # the default bf16 run is tiny_demo's; this one tests caching
+    folder = ensure_demo_model(data_root=str(wds_root), progress=False, recipe=recipe, evaluate=False)
     assert folder == tmp_path / "demo" and is_trained(folder)
     mtime = (folder / WEIGHTS_FILE).stat().st_mtime_ns
-    ensure_demo_model(data_root=str(data_root), progress=False, recipe=DemoRecipe(**TINY))  # cached: no retrain
+    ensure_demo_model(data_root=str(wds_root), progress=False, recipe=DemoRecipe(**TINY))  # cached: no retrain
     assert (folder / WEIGHTS_FILE).stat().st_mtime_ns == mtime
     assert isinstance(load_model("demo").model, open_clip.CLIP)

@@ -30,8 +30,8 @@ def weights(ckpt: Path) -> dict:
 
 
 @pytest.fixture(autouse=True)
-def env(data_root, monkeypatch, tmp_path):
-    monkeypatch.setenv("QCLIP_DATA_ROOT", str(data_root))
+def env(wds_root, monkeypatch, tmp_path):
+    monkeypatch.setenv("QCLIP_DATA_ROOT", str(wds_root))
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.chdir(tmp_path)
 
@@ -53,7 +53,14 @@ def test_fit_checkpoints_logs_and_exports(micro_dir, tmp_path):
         assert loaded.encode_image(x).shape == (2, 32)
     from qclip.io.models import load_model
 
-    assert load_model(str(root / "checkpoints" / "last.ckpt")).model is not None  # self-describing checkpoint
+    # self-describing checkpoint: the path alone rebuilds the fine-tuned weights, not the base model's
+    tuned = load_model(str(root / "checkpoints" / "last.ckpt")).model.state_dict()
+    stored = {k.removeprefix("model."): v for k, v in weights(root / "checkpoints" / "last.ckpt").items()}
+    base = load_model(f"local-dir:{micro_dir}").model.state_dict()
+    common = [k for k in tuned if k in stored]
+    assert len(common) == len(tuned), [k for k in tuned if k not in stored][:5]
+    assert all(torch.equal(tuned[k], stored[k]) for k in common)
+    assert any(not torch.equal(tuned[k], base[k]) for k in common)
 
 
 def test_two_fits_in_one_process_get_their_own_wandb_runs(micro_dir, tmp_path):
@@ -94,7 +101,7 @@ def test_ddp_two_cpu_processes(micro_dir, tmp_path):
     assert (root / "checkpoints" / "last.ckpt").is_file()
 
 
-def test_eval_of_a_qat_checkpoint_uses_its_trained_steps(micro_dir, data_root, tmp_path):
+def test_eval_of_a_qat_checkpoint_uses_its_trained_steps(micro_dir, wds_root, tmp_path):
     from qclip.evals.variants import quantize_loaded
 
     from qclip.io.data import resolve_dataset
@@ -103,7 +110,7 @@ def test_eval_of_a_qat_checkpoint_uses_its_trained_steps(micro_dir, data_root, t
     root = tmp_path / "q"
     assert main(fit_args(micro_dir, root, "--trainer.max_steps", "2", "--model.scale_lr", "0.05")) == 0
     ckpt = root / "checkpoints" / "last.ckpt"
-    spec = resolve_dataset("wds/cifar10", str(data_root), "test")
+    spec = resolve_dataset("wds/cifar10", str(wds_root), "test")
     fp = load_model(str(ckpt))
     fresh, _ = quantize_loaded(fp, "w4a8-lsq", spec, calib_batches=1)
     trained, _ = quantize_loaded(fp, "w4a8-lsq", spec, calib_batches=1, qat_checkpoint=str(ckpt))
@@ -116,7 +123,7 @@ def test_eval_of_a_qat_checkpoint_uses_its_trained_steps(micro_dir, data_root, t
     assert not torch.equal(fresh.model.state_dict()[key], saved)  # the steps moved during training
     out = tmp_path / "e.json"
     assert main(["eval", "--model", str(ckpt), "--quant", "w4a8-lsq", "--dataset", "wds/cifar10", "--data-root",
-                 str(data_root), "--limit", "32", "--bootstrap", "0", "--workers", "0", "--no-progress",
+                 str(wds_root), "--limit", "32", "--bootstrap", "0", "--workers", "0", "--no-progress",
                  "--out", str(out)]) == 0
 
 

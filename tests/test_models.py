@@ -192,6 +192,12 @@ def test_local_dir_without_weights_is_an_error(tmp_path):
 
 def test_read_state_dict_keeps_tensors_only(micro_model, tmp_path):
     sd = micro_model.model.state_dict()
-    torch.save({"state_dict": sd, "hyper_parameters": {"model_name": MICRO}}, tmp_path / "x.ckpt")
+    # non-tensor entries inside the state dict (counters, notes, nested dicts) must be dropped, tensors kept as saved
+    extras = {"global_step": 7, "note": "not a tensor", "nested": {"a": torch.zeros(1)}, "ratio": 0.5}
+    torch.save({"state_dict": {**sd, **extras}, "hyper_parameters": {"model_name": MICRO}}, tmp_path / "x.ckpt")
     out = read_state_dict(tmp_path / "x.ckpt")
     assert out.keys() == sd.keys()
+    assert all(torch.equal(out[k], sd[k]) for k in sd)
+    # a bare dict (no "state_dict" key) is filtered the same way
+    torch.save({**sd, **extras}, tmp_path / "bare.pt")
+    assert read_state_dict(tmp_path / "bare.pt").keys() == sd.keys()

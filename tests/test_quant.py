@@ -257,7 +257,9 @@ def test_rotation_leaves_float_function_unchanged(name):
         quantize_module_(mod, input_rotation=r)
     di, dt = max_diff(ref, rot, name)
     assert di <= 1e-5 and dt <= 1e-5
-    assert spec.rotates
+    # the spec flag drives quantize_maps_: a rotation spec rotates, an RTN spec does not
+    assert spec.rotates and not QuantSpec(w_bits=8, a_bits=None, method="rtn").rotates
+    assert parse_spec("w4a8-rot-lsq").rotates and not parse_spec("w4a8-lsq").rotates
 
 
 # ------------------------------------------------------------------------------------------------ truncation

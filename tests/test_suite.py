@@ -1,4 +1,5 @@
-"""The one-pass reliability suite and `qclip eval`'s full JSON contract, on the micro model and real data."""
+"""The one-pass reliability suite and `qclip eval`'s full JSON contract, on the micro model and the synthetic data
+root; the FP model's OOD metrics against stock open_clip + scikit-learn."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from qclip.evals.suite import (
     ece_after_tuning,
     map_classes,
 )
+from zsref import read_wds, zero_shot
 
 from qclip.cli import main
 from qclip.io.store import ResultsStore
@@ -50,6 +52,29 @@ def test_ece_after_tuning_fixes_a_wrong_temperature():
     assert ece_after_tuning(cos, labels, seed=0) == tuned
 
 
+def _reference_ood(id_zs, ood_zs) -> dict[str, dict[str, float]]:
+    """AUROC and AP (scikit-learn, ID positive) and FPR at 95% TPR of the four scores, from raw cosines / logits."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    def scores(zs):
+        p = zs.logits.softmax(1)
+        return {"mcm": zs.cos.softmax(1).amax(1), "max_logit": zs.logits.amax(1),
+                "energy": torch.logsumexp(zs.logits, 1), "entropy": (p * p.log()).sum(1)}
+
+    out = {}
+    for name, s_id in scores(id_zs).items():
+        s_ood = scores(ood_zs)[name]
+        y = [1] * len(s_id) + [0] * len(s_ood)
+        pooled = torch.cat([s_id, s_ood]).double().numpy()
+        # 95% of 120 ID samples is 114: the lowest threshold still accepting exactly 114 accepts every OOD score
+        # above the 115th-highest ID score (MCM's convention keeps the lowest of equally close thresholds)
+        assert len(s_id) == 120
+        cut = s_id.sort(descending=True).values[114]
+        out[name] = {"auroc": roc_auc_score(y, pooled), "aupr": average_precision_score(y, pooled),
+                     "fpr95": float((s_ood > cut).double().mean())}
+    return out
+
+
 @pytest.fixture()
 def counted(monkeypatch):
     """Count forward passes over datasets (feature extractions that miss the cache)."""
@@ -64,12 +89,12 @@ def counted(monkeypatch):
     return calls
 
 
-def test_suite_one_pass_all_metrics(micro_dir, data_root, counted):
+def test_suite_one_pass_all_metrics(micro_dir, wds_root, counted):
     cfg = SuiteConfig(model=f"local-dir:{micro_dir}", dataset="wds/cifar10", quant="w8a8", limit=120,
                       ood=["wds/fashion_mnist", "wds/imagenet_cifar10_ood"], corruptions=[("gaussian_noise", 3)],
                       shift=["wds/pacs_photo"], spurious=("wds/pacs_photo", "wds/pacs_sketch"), ood_limit=60,
                       bootstrap=50, calib_batches=1)
-    suite = ReliabilitySuite(cfg, data_root=str(data_root), num_workers=0, progress=False, use_cache=False)
+    suite = ReliabilitySuite(cfg, data_root=str(wds_root), num_workers=0, progress=False, use_cache=False)
     record = suite.run()
     m = record["metrics"]
     assert record["n"] == 120 and CONTRACT <= m.keys()
@@ -77,9 +102,19 @@ def test_suite_one_pass_all_metrics(micro_dir, data_root, counted):
     for per_score in m["ood"].values():
         assert set(per_score) == {"mcm", "max_logit", "energy", "entropy"}
         for vals in per_score.values():
-            assert set(vals) == {"auroc", "aupr", "fpr95"} and all(0 <= v <= 1 for v in vals.values())
+            assert set(vals) == {"auroc", "aupr", "fpr95"}
+    # the FP model's OOD metrics, recomputed: stock open_clip features, scikit-learn AUROC / AP, FPR95 by hand
+    cifar = wds_root / "wds_cifar10"
+    ref_id = zero_shot(micro_dir, cifar, limit=120)
+    for name in ("wds/fashion_mnist", "wds/imagenet_cifar10_ood"):
+        ref_ood = zero_shot(micro_dir, wds_root / name.replace("wds/", "wds_"), limit=60, classnames_of=cifar)
+        for score, want in _reference_ood(ref_id, ref_ood).items():
+            got = record["fp_metrics"]["ood"][name][score]
+            assert got == pytest.approx(want, abs=2e-3), (name, score)
     assert set(m["corruptions"]) == {"gaussian_noise:3"}
-    assert m["shift"]["wds/pacs_photo"]["n"] > 0  # only dog and horse map to CIFAR-10 classes
+    # only dog and horse map to CIFAR-10 classes: the shift set's first 60 samples hold this many of them
+    pacs_labels = read_wds(wds_root / "wds_pacs_photo", limit=60)[1]
+    assert m["shift"]["wds/pacs_photo"]["n"] == sum(lab in (0, 4) for lab in pacs_labels) > 0
     assert {"rsg", "delta_rsg", "vuln_add"} <= m["spurious"].keys()
     assert m["delta"]["acc1"] == pytest.approx((record["fp_metrics"]["acc1"] - m["acc1"]) / record["fp_metrics"]["acc1"])
     lo, hi = m["ci"]["acc1"]
@@ -93,20 +128,20 @@ def test_suite_one_pass_all_metrics(micro_dir, data_root, counted):
     assert sorted(counted) == sorted(per_variant * 2)
 
 
-def test_cached_features_skip_the_forward_pass(micro_dir, data_root, counted):
+def test_cached_features_skip_the_forward_pass(micro_dir, wds_root, counted):
     cfg = SuiteConfig(model=f"local-dir:{micro_dir}", dataset="wds/cifar10", limit=64, bootstrap=0)
-    first = ReliabilitySuite(cfg, data_root=str(data_root), num_workers=0, progress=False).run()
+    first = ReliabilitySuite(cfg, data_root=str(wds_root), num_workers=0, progress=False).run()
     n_calls = len(counted)
-    second = ReliabilitySuite(cfg, data_root=str(data_root), num_workers=0, progress=False).run()
+    second = ReliabilitySuite(cfg, data_root=str(wds_root), num_workers=0, progress=False).run()
     assert len(counted) == n_calls  # nothing recomputed
     assert second["metrics"]["acc1"] == first["metrics"]["acc1"]
 
 
-def test_eval_cli_full_contract_and_store_resume(micro_dir, data_root, tmp_path, capsys):
+def test_eval_cli_full_contract_and_store_resume(micro_dir, wds_root, tmp_path, capsys):
     out, store = tmp_path / "r.json", tmp_path / "store.jsonl"
     argv = ["eval", "--model", f"local-dir:{micro_dir}", "--dataset", "wds/cifar10", "--ood", "wds/fashion_mnist",
             "--ood", "wds/imagenet_cifar10_ood", "--corruptions", "gaussian_noise:3,defocus_blur:3",
-            "--data-root", str(data_root), "--limit", "100", "--ood-limit", "50", "--bootstrap", "20",
+            "--data-root", str(wds_root), "--limit", "100", "--ood-limit", "50", "--bootstrap", "20",
             "--workers", "0", "--no-progress", "--store", str(store), "--out", str(out)]
     assert main(argv) == 0
     record = json.loads(out.read_text())
@@ -123,8 +158,8 @@ def test_eval_cli_full_contract_and_store_resume(micro_dir, data_root, tmp_path,
     assert len(records) == 1 and records[0]["metrics"] == record["metrics"]
 
 
-def test_eval_cli_rejects_bad_corruption_and_pair(micro_dir, data_root, tmp_path, capsys):
-    base = ["eval", "--model", f"local-dir:{micro_dir}", "--dataset", "wds/cifar10", "--data-root", str(data_root),
+def test_eval_cli_rejects_bad_corruption_and_pair(micro_dir, wds_root, tmp_path, capsys):
+    base = ["eval", "--model", f"local-dir:{micro_dir}", "--dataset", "wds/cifar10", "--data-root", str(wds_root),
             "--out", str(tmp_path / "x.json")]
     assert main(base + ["--corruptions", "fog_of_war:3"]) == 2
     assert "bad --corruptions" in capsys.readouterr().err
