@@ -74,8 +74,28 @@ def export_int_(model: nn.Module, spec: QuantSpec) -> int:
 
 
 def save_int(model: nn.Module, path: str | os.PathLike) -> None:
-    """Save an int-exported model's state dict (loadable with `torch.load(weights_only=True)`)."""
-    torch.save(model.state_dict(), path)
+    """Save an int-exported model's state dict (loadable with `torch.load(weights_only=True)`), atomically: a temp
+    file beside `path`, fsync'd, given the mode a plain write would (0o666 less the umask), then `os.replace`d."""
+    import io
+    import tempfile
+
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(buf.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0o022)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def load_int(skeleton: nn.Module, spec: QuantSpec, path: str | os.PathLike) -> nn.Module:

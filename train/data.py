@@ -78,6 +78,7 @@ class PairDataModule(L.LightningDataModule):
         check_int("val_limit", val_limit, minimum=1, optional=True)
         check_int("calib_pairs", calib_pairs, minimum=0)
         check_int("seed", seed, minimum=0)
+        resolve_dataset(dataset, data_root, train_split)  # an unknown dataset fails before any logger or model
         self.save_hyperparameters()
         self.preprocess: Callable | None = None
         self.tokenizer: Callable | None = None

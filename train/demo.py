@@ -167,7 +167,9 @@ def pretrain_demo(out_dir: str | Path | None = None, recipe: DemoRecipe | None =
         loaded = load_model(f"local-dir:{out_dir}")
         test = resolve_dataset("wds/cifar10", data_root, "test")
         meta["test_acc1"] = evaluate_zero_shot(loaded, test, progress=progress, use_cache=False).metrics()["acc1"]
-    (out_dir / META_FILE).write_text(json.dumps(meta, indent=2))
+    from qclip.io.paths import atomic_write_text
+
+    atomic_write_text(out_dir / META_FILE, json.dumps(meta, indent=2))
     return meta
 
 

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from .flags import device_of, positive_int
+from .flags import check_outputs, device_of, non_negative_float, non_negative_int, one_line_errors, positive_int
 
 __all__ = ["add_parser", "run"]
 
 
 def add_parser(sub) -> None:
     """Register `qclip ablate` and its flags."""
-    ab = sub.add_parser("ablate", help="the ablation grid (quant methods x bits x scopes, rank truncation) through "
-                        "the reliability suite and spectra, resumable and shardable, with a report")
+    ab = one_line_errors(sub.add_parser("ablate", help="the ablation grid (quant methods x bits x scopes, rank "
+                                        "truncation) through the reliability suite and spectra, resumable and "
+                                        "shardable, with a report"))
     ab.add_argument("--config", required=True, help="grid YAML (see configs/demo.yaml)")
     ab.add_argument("--out", required=True, help="output folder: store/ (JSONL per shard), results.jsonl, "
                     "results.csv, report.md, plots/")
@@ -28,29 +29,27 @@ def add_parser(sub) -> None:
     ab.add_argument("--no-cache", action="store_true", help="recompute text classifiers and features")
     ab.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     ab.add_argument("--batch-size", type=positive_int, default=None, help="override the grid's batch size")
-    ab.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    ab.add_argument("--workers", type=non_negative_int, default=2, help="DataLoader worker processes")
     ab.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    ab.add_argument("--image-cache-mb", type=float, default=2048.0, help="memory for decoded images reused across "
+    ab.add_argument("--image-cache-mb", type=non_negative_float, default=2048.0, help="memory for decoded images reused across "
                     "cells (stored as uint8; a dataset that does not fit is decoded again per cell; 0: off)")
 
 
 def run(args: argparse.Namespace) -> int:
+    """Evaluate this shard of the grid (or merge the stored shards) and write the report; return the exit status."""
     import os
 
     from qclip.experiments.grid import grid_data_root, load_grid, parse_shard
-    from qclip.io.errors import QclipInputError
 
     cfg = load_grid(args.config, limit=args.limit, ood_limit=args.ood_limit)  # validated before anything heavy loads
     shard = parse_shard(args.shard)
+    check_outputs(dirs={"--out": args.out})  # before any model or data is loaded
 
     from qclip.experiments.ablate import merge_results, run_grid, write_grid_report
 
     data_root = grid_data_root(cfg, args.data_root)
     if args.merge:
-        records, missing = merge_results(cfg, args.out)
-        if missing:
-            raise QclipInputError(f"{len(missing)} of {len(records) + len(missing)} cells are not stored yet "
-                                  f"(first: {missing[0].id}); run the remaining shards first")
+        records, _ = merge_results(cfg, args.out, require_all=True)  # refuses before writing when cells are missing
         summary = write_grid_report(cfg, records, args.out)
         print(f"merged {len(records)} cells -> {summary['report']}")
         return 0
@@ -61,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
     run = None
     if args.wandb:
         import wandb
+
+        os.makedirs(args.out, exist_ok=True)
 
         run = wandb.init(project=args.wandb_project, mode=os.environ.get("WANDB_MODE", "offline"), dir=args.out,
                          config={"grid": cfg.key(), "name": cfg.name, "shard": args.shard}, job_type="ablate")

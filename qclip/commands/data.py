@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .flags import check_outputs, one_line_errors
+
 __all__ = ["add_parser", "run"]
 
 
 def add_parser(sub) -> None:
     """Register `qclip data` and its flags."""
-    da = sub.add_parser("data", help="registered datasets: list them, fetch (download + build) them, verify a "
-                        "data root")
+    da = one_line_errors(sub.add_parser("data", help="registered datasets: list them, fetch (download + build) "
+                                        "them, verify a data root"))
     dsub = da.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     dl = dsub.add_parser("list", help="registered datasets, their sources and whether the data root holds them")
     dl.add_argument("--data-root", default=None, help="folder to look in (default $QCLIP_DATA_ROOT, else the cache)")
@@ -27,15 +29,20 @@ def add_parser(sub) -> None:
     dv.add_argument("--data-root", default=None, help="folder holding wds_NAME/ (default $QCLIP_DATA_ROOT, else "
                     "the cache)")
     dv.add_argument("--strict", action="store_true", help="fail on any byte difference, also for re-encoded shards")
+    for action in (dl, df, dv):
+        one_line_errors(action)
 
 
 def run(args: argparse.Namespace) -> int:
+    """List, fetch or verify registered datasets; return the exit status."""
     from pathlib import Path
 
     from qclip.io import registry
     from qclip.io.errors import DataError
 
     root = Path(args.data_root) if args.data_root else registry.default_fetch_root()
+    if args.data_command != "fetch" and args.data_root and not root.is_dir():
+        raise DataError(f"--data-root {root} is not a folder")
     if args.data_command == "list":
         reg = registry.load_registry()
         print(f"{'name':26s} {'samples':>16s} {'MB':>6s}  {'source':48s} in {root}")
@@ -48,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.data_command == "fetch":
         names = registry.dataset_names() if "all" in args.names else [registry.get_entry(n)["name"] for n in args.names]
+        check_outputs(dirs={"--data-root": str(root)})  # before anything is downloaded
         log = None if args.no_progress else (lambda msg: print(f"qclip: {msg}", file=sys.stderr))
         for name in names:
             path, result = registry.fetch_dataset(name, root, progress=not args.no_progress, log=log)

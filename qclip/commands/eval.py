@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import argparse
 
-from .flags import add_runtime_args, device_of, parse_pair, parse_quant, positive_int
+from .flags import (
+    add_runtime_args,
+    check_outputs,
+    device_of,
+    non_negative_int,
+    one_line_errors,
+    parse_pair,
+    parse_quant,
+    positive_int,
+)
 
 __all__ = ["add_parser", "run"]
 
 
 def add_parser(sub) -> None:
     """Register `qclip eval` and its flags."""
-    ev = sub.add_parser("eval", help="zero-shot evaluation of a model on a dataset, written as JSON")
+    ev = one_line_errors(sub.add_parser("eval", help="zero-shot evaluation of a model on a dataset, written as JSON"))
     ev.add_argument("--model", required=True, help="open_clip architecture, demo, local-dir:PATH, hf-hub:ORG/NAME "
                     "or a checkpoint file")
     ev.add_argument("--pretrained", default=None, help="pretrained tag (e.g. openai) or checkpoint path")
@@ -33,8 +42,8 @@ def add_parser(sub) -> None:
     ev.add_argument("--spurious", default=None, metavar="COMMON,COUNTER",
                     help="two datasets (common / counter groups) for RSG, ΔRSG and Vuln_add")
     ev.add_argument("--ood-limit", type=positive_int, default=None, help="first N samples of each OOD/shift set")
-    ev.add_argument("--seed", type=int, default=0, help="seed of splits, corruptions and bootstrap")
-    ev.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the intervals (0: off)")
+    ev.add_argument("--seed", type=non_negative_int, default=0, help="seed of splits, corruptions and bootstrap")
+    ev.add_argument("--bootstrap", type=non_negative_int, default=200, help="bootstrap resamples for the intervals (0: off)")
     ev.add_argument("--store", default=None, help="also append the record to this JSONL results store (skip if "
                     "the same config is already there)")
     ev.add_argument("--no-cache", action="store_true", help="recompute text classifiers and features")
@@ -43,6 +52,9 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Evaluate, write the record to --out (and --store); return the exit status."""
+    import os
+
     from qclip.evals.suite import ReliabilitySuite, SuiteConfig
     from qclip.io.errors import QclipInputError
     from qclip.io.results import versions, write_json
@@ -50,18 +62,24 @@ def run(args: argparse.Namespace) -> int:
 
     qspec = parse_quant(args.quant)
     corruptions = []
-    if args.corruptions:
+    if args.corruptions is not None:
         from qclip.evals.corruptions import parse_corruptions
 
         try:
             corruptions = parse_corruptions(args.corruptions)
         except ValueError as exc:
             raise QclipInputError(f"bad --corruptions: {exc}") from None
+        if not corruptions:
+            raise QclipInputError(f"bad --corruptions {args.corruptions!r}: it names no corruption (e.g. "
+                                  "gaussian_noise:3,defocus_blur)")
     cfg = SuiteConfig(model=args.model, dataset=args.dataset, pretrained=args.pretrained,
                       quant=None if qspec is None else str(qspec), split=args.split, ood=args.ood,
                       corruptions=corruptions, shift=args.shift, spurious=parse_pair(args.spurious),
                       limit=args.limit, ood_limit=args.ood_limit, seed=args.seed, bootstrap=args.bootstrap,
                       calib_batches=args.calib_batches, precision=args.precision)
+    check_outputs(files={"--out": args.out, "--store": args.store})  # before any model or data is loaded
+    if args.store and os.path.abspath(args.store) == os.path.abspath(args.out):
+        raise QclipInputError(f"--store {args.store} and --out are the same file: give them different paths")
     store = ResultsStore(args.store) if args.store else None
     if store is not None and (done := store.get(cfg.hash)) is not None:
         write_json(args.out, done)

@@ -1,21 +1,64 @@
-"""Flags several commands share (device, precision, batch size, workers, progress) and the parsing of flag values
-into validated objects; a bad value is a `QclipInputError` (exit 2)."""
+"""Flags several commands share (device, precision, batch size, workers, progress), the argparse types that check
+flag values, the one-line format of usage errors, and the parsing of flag values into validated objects; a bad
+value is a `QclipInputError` (or an argparse usage error), exit 2 with one line on stderr."""
 
 from __future__ import annotations
 
 import argparse
+import math
+import sys
+from typing import NoReturn
 
 from qclip.io.validate import PRECISIONS
 
-__all__ = ["positive_int", "add_runtime_args", "device_of", "parse_quant", "parse_pair"]
+__all__ = ["positive_int", "non_negative_int", "non_negative_float", "one_line_errors", "add_runtime_args",
+           "device_of", "parse_quant", "parse_pair", "check_outputs"]
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
 
 
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
-    value = int(text)
+    value = _int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Make `parser`'s usage errors one `qclip: error: ...` line on stderr (exit 2), like every other bad input."""
+    command = parser.prog.split(" ", 1)[1] if " " in parser.prog else parser.prog
+
+    def error(message: str) -> NoReturn:
+        print(f"qclip: error: {command}: {message} (see: {parser.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+    parser.error = error  # type: ignore[method-assign]
+    return parser
 
 
 def add_runtime_args(p: argparse.ArgumentParser) -> None:
@@ -24,8 +67,22 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
                    help="weights/compute precision; amp_bf16 = float32 weights, image tower under bfloat16 autocast")
     p.add_argument("--batch-size", type=positive_int, default=256)
-    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    p.add_argument("--workers", type=non_negative_int, default=2, help="DataLoader worker processes (0: read in "
+                   "the main process)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def check_outputs(*, files: dict[str, str | None] | None = None, dirs: dict[str, str | None] | None = None) -> None:
+    """Check output paths by flag (`{"--out": path}`) before any model or data is loaded: writable, not the wrong
+    kind of path, enough free space (see `qclip.io.paths.check_output_file` / `check_output_dir`)."""
+    from qclip.io.paths import check_output_dir, check_output_file
+
+    for flag, path in (files or {}).items():
+        if path is not None:
+            check_output_file(path, flag)
+    for flag, path in (dirs or {}).items():
+        if path is not None:
+            check_output_dir(path, flag)
 
 
 def device_of(name: str | None) -> str:

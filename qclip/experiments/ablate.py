@@ -59,11 +59,16 @@ def load_records(out: str | os.PathLike) -> dict[str, CellRecord]:
     return records
 
 
-def merge_results(cfg: GridConfig, out: str | os.PathLike) -> tuple[list[CellRecord], list[Cell]]:
+def merge_results(cfg: GridConfig, out: str | os.PathLike, *, require_all: bool = False
+                  ) -> tuple[list[CellRecord], list[Cell]]:
     """Merge the shard stores into `out/results.jsonl` (grid order, one record per cell); return it and the
-    cells still missing."""
+    cells still missing.
+
+    With nothing stored, no file is written (an existing `results.jsonl` is left as it is). With `require_all`, a
+    missing cell is a `QclipInputError` raised before anything is written."""
     import json
 
+    from qclip.io.errors import QclipInputError
     from qclip.io.paths import atomic_write_text
 
     stored = load_records(out)
@@ -71,8 +76,15 @@ def merge_results(cfg: GridConfig, out: str | os.PathLike) -> tuple[list[CellRec
     for cell in expand_cells(cfg):
         rec = stored.get(cell_hash(cfg, cell))
         (records if rec is not None else missing).append(rec if rec is not None else cell)
-    text = "".join(json.dumps(r, sort_keys=True, allow_nan=False) + "\n" for r in records)
-    atomic_write_text(Path(out) / "results.jsonl", text)
+    if require_all and not records:
+        raise QclipInputError(f"nothing to merge: no cell of grid {cfg.name!r} is stored under {_store_dir(out)} "
+                              f"(run qclip ablate without --merge first)")
+    if require_all and missing:
+        raise QclipInputError(f"{len(missing)} of {len(records) + len(missing)} cells are not stored yet "
+                              f"(first: {missing[0].id}); run the remaining shards first")
+    if records:
+        text = "".join(json.dumps(r, sort_keys=True, allow_nan=False) + "\n" for r in records)
+        atomic_write_text(Path(out) / "results.jsonl", text)
     return records, missing
 
 
@@ -234,8 +246,7 @@ def run_grid(cfg: GridConfig, out: str | os.PathLike, *, shard: tuple[int, int] 
     from tqdm.auto import tqdm
 
     index, count = shard
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(out)  # created by the first write (store line, results, report): a run that fails first leaves none
     cells = shard_cells(expand_cells(cfg), index, count)
     store = ResultsStore(_store_dir(out) / f"shard-{index}-of-{count}.jsonl")
     done = set(load_records(out))

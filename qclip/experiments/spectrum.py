@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import io
 import json
 import logging
 import math
@@ -30,6 +31,7 @@ from qclip.evals.zeroshot import model_fingerprint, zero_shot_classifier
 from qclip.io.data import resolve_dataset
 from qclip.io.errors import ConfigError
 from qclip.io.models import LoadedModel, load_model
+from qclip.io.paths import atomic_write_text
 from qclip.io.validate import PRECISIONS, check_choice, check_float, check_int, check_str
 from qclip.spectral.features import band_accuracy, band_name, feature_basis, parse_bands
 
@@ -87,15 +89,15 @@ class SpectrumConfig:
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
+    """Write `rows` as a CSV atomically (nothing when there are no rows)."""
     if not rows:
         return
     fields = list(dict.fromkeys(k for r in rows for k in r))
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
 
 
 def _features(loaded: LoadedModel, spec, limit, device, progress, use_cache, precision):
@@ -108,7 +110,6 @@ def run_spectrum(cfg: SpectrumConfig, out_dir: str | os.PathLike, *, data_root: 
                  device: str = "cpu", progress: bool = True, use_cache: bool = True, wandb_run=None) -> dict:
     """Run the weight (and, with `cfg.features`, feature) analyses; write CSVs, PNGs and summary.json."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     bands = parse_bands(cfg.bands)
     spec = resolve_dataset(cfg.features, data_root, "test") if cfg.features else None
     calib_spec = spec or (resolve_dataset("wds/cifar10", data_root, "test") if cfg.quant else None)
@@ -122,6 +123,7 @@ def run_spectrum(cfg: SpectrumConfig, out_dir: str | os.PathLike, *, data_root: 
         variants["truncated"], summary["truncate_report"] = quantize_loaded(fp, cfg.truncate, calib_spec,
                                                                            device=device, data_root=data_root)
     other = variants.get("quantized") or variants.get("truncated")
+    out.mkdir(parents=True, exist_ok=True)  # only once the models are loaded: a bad model leaves no empty folder
     layers, sigmas = weight_spectra(FpWeights(fp.model, method=cfg.svd),
                                     None if other is None else copy.deepcopy(other.model), top_fraction=cfg.top_fraction)
     _write_csv(out / "weights_layers.csv", layers)
@@ -146,7 +148,7 @@ def run_spectrum(cfg: SpectrumConfig, out_dir: str | os.PathLike, *, data_root: 
         if cfg.frequency_images > 0:
             summary.update(_frequency_analysis(cfg, variants, spec, out, device))
     summary["outputs"] += [p.name for p in sorted(out.glob("*.csv"))]
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str))
     if wandb_run is not None:
         _log_wandb(wandb_run, out, summary)
     return summary

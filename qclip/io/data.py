@@ -17,6 +17,7 @@ import io
 import lzma
 import os
 import tarfile
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,7 +149,11 @@ def _resolve_wds(name: str, root: str, split: str) -> DatasetSpec:
         nshards = int(nshards_text.strip())
     except ValueError:
         raise DataError(f"bad {base}/{split}/nshards.txt: {nshards_text[:40]!r} is not a shard count") from None
+    if nshards <= 0:
+        raise DataError(f"bad {base}/{split}/nshards.txt: the shard count must be >= 1, got {nshards}")
     classnames = _lines(_read_meta(base, "classnames.txt", short, required=True))
+    if not classnames:
+        raise DataError(f"bad {base}/classnames.txt: it lists no class names")
     templates = _lines(_read_meta(base, "zeroshot_classification_templates.txt", short, required=False))
     if is_url(base):
         shard_dir = _remote_cache(base, short) / split
@@ -240,7 +245,7 @@ def iter_wds_samples(shard: str) -> Iterator[WdsSample]:
                 if ext in IMAGE_EXTS:
                     current.image, current.image_ext = data, ext
                 elif ext == "cls":
-                    current.label = int(data.decode().strip())
+                    current.label = _parse_label(data, member.name, shard)
                 elif ext == "txt":
                     current.text = data.decode("utf-8").strip()
     except FileNotFoundError:
@@ -253,14 +258,30 @@ def iter_wds_samples(shard: str) -> Iterator[WdsSample]:
         yield current
 
 
+def _parse_label(data: bytes, member: str, shard: str) -> int:
+    """A `.cls` member's class index; a non-integer or negative one is a `DataError` naming member and shard."""
+    try:
+        label = int(data.decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        raise DataError(f"bad label in member {member} of {shard}: {data[:20]!r} is not a class index") from None
+    if label < 0:
+        raise DataError(f"bad label in member {member} of {shard}: {label} is negative")
+    return label
+
+
 def decode_image(sample: WdsSample, shard: str) -> Image.Image:
-    """Decode a sample's image bytes to RGB; errors name the sample and shard."""
+    """Decode a sample's image bytes to RGB; errors (also a decompression bomb) name the member and shard."""
+    member = f"{sample.key}.{sample.image_ext}"
     if sample.image is None:
         raise DataError(f"sample {sample.key} in {shard} has no image member")
     try:
-        return Image.open(io.BytesIO(sample.image)).convert("RGB")
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DataError(f"cannot decode image {sample.key}.{sample.image_ext} in {shard}: {exc}") from exc
+        with warnings.catch_warnings():  # Pillow only warns between MAX_IMAGE_PIXELS and twice that: refuse both
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(sample.image)).convert("RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DataError(f"image member {member} in {shard} is a decompression bomb: {exc}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"cannot decode image member {member} in {shard}: {exc}") from exc
 
 
 def _distributed_rank() -> tuple[int, int]:
@@ -285,7 +306,9 @@ class WdsImageDataset(IterableDataset):
     """
 
     def __init__(self, shards: tuple[str, ...] | list[str], transform: Callable | None = None,
-                 limit: int | None = None, with_text: bool = False, block: int | None = None):
+                 limit: int | None = None, with_text: bool = False, block: int | None = None,
+                 num_classes: int | None = None):
+        self.num_classes = num_classes  # labels are checked against it when given
         self.shards = tuple(shards)
         self.transform = transform
         self.limit = limit
@@ -295,6 +318,9 @@ class WdsImageDataset(IterableDataset):
     def _emit(self, sample: WdsSample, shard: str):
         if sample.label is None:
             raise DataError(f"sample {sample.key} in {shard} has no .cls member")
+        if self.num_classes is not None and sample.label >= self.num_classes:
+            raise DataError(f"label {sample.label} of member {sample.key}.cls in {shard} is outside the "
+                            f"{self.num_classes} classes of the dataset's classnames.txt")
         image = decode_image(sample, shard)
         if self.transform is not None:
             image = self.transform(image)
@@ -329,7 +355,7 @@ def make_dataset(spec: DatasetSpec, transform: Callable | None = None, limit: in
     if limit is not None and limit <= 0:
         raise DataError(f"--limit must be positive, got {limit}")
     if spec.kind == "wds":
-        return WdsImageDataset(spec.shards, transform, limit)
+        return WdsImageDataset(spec.shards, transform, limit, num_classes=spec.num_classes)
     from torchvision.datasets import ImageFolder
 
     try:

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -30,7 +31,7 @@ from .errors import ModelLoadError
 from .paths import atomic_write_bytes, atomic_write_text
 
 __all__ = ["LoadedModel", "load_model", "read_state_dict", "load_state_dict_into", "save_open_clip_dir", "model_config",
-           "CHECKPOINT_SUFFIXES"]
+           "check_finite", "load_error_reason", "CHECKPOINT_SUFFIXES"]
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 _PREFIXES = ("", "module.", "model.", "model.module.", "_orig_mod.", "model._orig_mod.")
@@ -45,15 +46,35 @@ class LoadedModel(NamedTuple):
     tokenizer: Callable
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+#: Sentences of torch's (and open_clip's) load errors that advise an unsafe load: qclip never loads unsafely.
+_UNSAFE_ADVICE = ("weights_only", "trusted source", "if you trust", "safe_globals", "documentation of torch.load",
+                  "file an issue", "In PyTorch 2.6")
+
+
+def load_error_reason(exc: BaseException) -> str:
+    """The reason of a load error in one line, without torch's advice to retry with `weights_only=False`."""
+    sentences = []
+    for line in str(exc).splitlines():
+        for sentence in re.split(r"(?<=[.!?])\s+", line.strip()):
+            if sentence and not any(a in sentence for a in _UNSAFE_ADVICE):
+                sentences.append(sentence)
+    return " ".join(sentences[:3]) if sentences else type(exc).__name__
+
+
+def check_finite(tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse weights holding NaN or inf: `ModelLoadError` naming the first such tensor of `source` (pass parameters
+    only: buffers such as attention masks or observer ranges may hold inf on purpose)."""
+    for key, value in tensors.items():
+        if isinstance(value, torch.Tensor) and (value.is_floating_point() or value.is_complex()):
+            bad = int((~torch.isfinite(value.detach())).sum())
+            if bad:
+                raise ModelLoadError(f"checkpoint {source}: tensor {key} holds {bad} non-finite value(s) (NaN or inf) "
+                                     f"of {value.numel()}")
 
 
 def _read_checkpoint(path: Path) -> dict:
     """Read a checkpoint file safely into a dict (safetensors or weights-only pickle)."""
-    if not path.is_file():
-        raise ModelLoadError(f"checkpoint file not found: {path}")
+    _check_file(path)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -62,18 +83,28 @@ def _read_checkpoint(path: Path) -> dict:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot read checkpoint {path} (corrupt, or not a weights-only file): "
-                             f"{_first_line(exc)}") from exc
+                             f"{load_error_reason(exc)}") from exc
     except Exception as exc:  # safetensors raises its own SafetensorError
-        raise ModelLoadError(f"cannot read checkpoint {path}: {_first_line(exc)}") from exc
+        raise ModelLoadError(f"cannot read checkpoint {path}: {load_error_reason(exc)}") from exc
     if not isinstance(obj, dict):
         raise ModelLoadError(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict")
     return obj
+
+
+def _check_file(path: Path) -> None:
+    """Refuse a checkpoint path that is missing or a folder."""
+    if path.is_dir():
+        raise ModelLoadError(f"checkpoint {path} is a folder, not a checkpoint file")
+    if not path.is_file():
+        raise ModelLoadError(f"checkpoint file not found: {path}")
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Return the tensors of a checkpoint file (`.pt`/`.pth`/`.bin`/`.safetensors`, or a Lightning `.ckpt`)."""
     obj = _read_checkpoint(Path(path))
     sd = obj.get("state_dict", obj)
+    if not isinstance(sd, dict):
+        raise ModelLoadError(f"checkpoint {path}: its state_dict is a {type(sd).__name__}, not a dict")
     tensors = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         raise ModelLoadError(f"checkpoint {path} holds no tensors")
@@ -107,6 +138,8 @@ def load_state_dict_into(model: nn.Module, sd: dict[str, torch.Tensor], source: 
     if bad:
         raise ModelLoadError(f"checkpoint {source} does not fit the model: {bad[0]} has shape "
                              f"{tuple(sd[bad[0]].shape)}, expected {tuple(expected[bad[0]].shape)}")
+    params = dict(model.named_parameters())
+    check_finite({k: v for k, v in sd.items() if k in params}, source)  # buffers may hold -inf masks or observers
     model.load_state_dict(sd, strict=True)
 
 
@@ -123,7 +156,7 @@ def _create(name: str, pretrained: str | None, device, precision: str, **kw):
         raise
     except Exception as exc:  # open_clip raises RuntimeError/ValueError/OSError/HF errors
         where = f"{name}" + (f" (pretrained={pretrained})" if pretrained else "")
-        raise ModelLoadError(f"cannot load model {where}: {_first_line(exc)}") from exc
+        raise ModelLoadError(f"cannot load model {where}: {load_error_reason(exc)}") from exc
     return model, preprocess, tokenizer
 
 
@@ -167,14 +200,14 @@ def load_model(name: str, pretrained: str | None = None, device: str | torch.dev
             if not (folder / "open_clip_config.json").is_file():
                 raise ModelLoadError(f"local-dir {folder} has no open_clip_config.json")
         model, preprocess, tokenizer = _create(name, None, device, precision, require_pretrained=True)
+        check_finite(dict(model.named_parameters()), name)
         return LoadedModel(model.eval(), preprocess, tokenizer)
     if name.endswith(CHECKPOINT_SUFFIXES) and pretrained is None:
         file_weights = Path(name)
-        if not file_weights.is_file():
-            raise ModelLoadError(f"checkpoint file not found: {file_weights}")
+        _check_file(file_weights)
         name = _checkpoint_arch(file_weights)
-        if name.startswith("local-dir:"):
-            model, preprocess, tokenizer = _create(name, None, device, precision)
+        if name.startswith("local-dir:"):  # the sibling config only: other weight files there are not read
+            model, preprocess, tokenizer = _create(name, None, device, precision, load_weights=False)
             load_state_dict_into(model, read_state_dict(file_weights), str(file_weights))
             return LoadedModel(model.eval(), preprocess, tokenizer)
     arch = name.replace("/", "-")
@@ -184,13 +217,13 @@ def load_model(name: str, pretrained: str | None = None, device: str | torch.dev
     if pretrained and file_weights is None:
         if pretrained in open_clip.list_pretrained_tags_by_model(arch):
             model, preprocess, tokenizer = _create(arch, pretrained, device, precision, require_pretrained=True)
+            check_finite(dict(model.named_parameters()), f"{arch} (pretrained={pretrained})")
             return LoadedModel(model.eval(), preprocess, tokenizer)
         if not _is_path_like(pretrained):
             tags = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none"
             raise ModelLoadError(f"unknown pretrained tag '{pretrained}' for {arch} (known tags: {tags})")
         file_weights = Path(pretrained)
-        if not file_weights.is_file():
-            raise ModelLoadError(f"checkpoint file not found: {file_weights}")
+        _check_file(file_weights)
     model, preprocess, tokenizer = _create(arch, None, device, precision)
     if file_weights is not None:
         load_state_dict_into(model, read_state_dict(file_weights), str(file_weights))

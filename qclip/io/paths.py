@@ -1,15 +1,26 @@
-"""Where qclip reads data and writes caches: data root and user cache dir resolution, atomic writes."""
+"""Where qclip reads data and writes caches: data root and user cache dir resolution, atomic writes that honour the
+umask and turn a full disk into a one-line error, and the checks of output paths done before any work."""
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
-__all__ = ["REMOTE_DATA_ROOT", "resolve_data_root", "cache_dir", "atomic_write_bytes", "atomic_write_text"]
+from .errors import ConfigError, QclipInputError
+
+__all__ = ["REMOTE_DATA_ROOT", "MIN_FREE_BYTES", "resolve_data_root", "cache_dir", "atomic_write_bytes",
+           "atomic_write_text", "file_mode", "output_error", "check_output_file", "check_output_dir"]
 
 #: The public CLIP_benchmark wds location; `{name}` is the dataset name without the `wds/` prefix.
 REMOTE_DATA_ROOT = "https://huggingface.co/datasets/clip-benchmark"
+#: An output folder with less free space than this is refused before the work starts.
+MIN_FREE_BYTES = 50 * 2**20
+#: errno values of a write that fail because of the place written to (not a bug): reported in one line, exit 2.
+_OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR,
+                  errno.ENAMETOOLONG, errno.EFBIG}
 
 
 def resolve_data_root(data_root: str | os.PathLike | None = None) -> str:
@@ -27,27 +38,131 @@ def cache_dir(*parts: str) -> Path:
         xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         root = os.path.join(xdg, "qclip")
     path = Path(root, *parts)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        err = output_error(path, exc)
+        if err is exc:
+            raise
+        raise err from exc
     return path
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` via a temp file in the same folder and `os.replace`, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (else set and restored at once)."""
     try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode a plain `open(path, "w")` would give a new file: 0o666 less the umask."""
+    return 0o666 & ~_umask()
+
+
+def output_error(path: str | os.PathLike, exc: OSError) -> Exception:
+    """A failed write as a one-line `QclipInputError` when the place is at fault (full disk, read-only, ...); else
+    `exc` itself (an unexpected OSError stays a bug)."""
+    if exc.errno in _OUTPUT_ERRNOS:
+        what = "disk full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else (exc.strerror or str(exc))
+        return QclipInputError(f"cannot write {path}: {what}")
+    return exc
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` via a temp file in the same folder and `os.replace`, so readers never see half a file.
+
+    The file gets the mode a plain write would (0o666 less the umask); a full disk or an unwritable folder is a
+    one-line `QclipInputError` and leaves neither the temp file nor a partial `path`."""
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
+        tmp = None
+    except OSError as exc:
+        _discard(tmp)
+        err = output_error(path, exc)
+        if err is exc:
+            raise
+        raise err from exc
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _discard(tmp)
         raise
+
+
+def _discard(tmp: str | None) -> None:
+    if tmp is not None:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write UTF-8 text atomically (see `atomic_write_bytes`)."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _existing_ancestor(path: Path) -> Path:
+    """`path` or its nearest ancestor that exists."""
+    path = Path(os.path.abspath(path))
+    while not os.path.lexists(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _probe_folder(folder: Path, flag: str, target: Path, min_free: int) -> None:
+    """Refuse `folder` unless a temp file can be created (and removed) in it and it has `min_free` bytes free."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".qclip-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise ConfigError(f"{flag} {target}: cannot write in {folder} ({exc.strerror or exc})") from None
+    if min_free > 0:
+        free = shutil.disk_usage(folder).free
+        if free < min_free:
+            raise ConfigError(f"{flag} {target}: only {free / 2**20:.1f} MB free in {folder} (qclip needs at least "
+                              f"{min_free / 2**20:.0f} MB)")
+
+
+def check_output_file(path: str | os.PathLike, flag: str, *, min_free: int = MIN_FREE_BYTES) -> Path:
+    """Refuse an output file path before any work: an existing folder or non-file, a parent that is a file, an
+    unwritable folder, or too little free space (`ConfigError` naming `flag`). Creates nothing."""
+    target = Path(path)
+    if target.is_dir():
+        raise ConfigError(f"{flag} {target} is a folder, expected a file path")
+    if os.path.lexists(target) and not target.is_file():
+        raise ConfigError(f"{flag} {target} exists and is not a regular file")
+    folder = _existing_ancestor(target.parent)
+    if not folder.is_dir():
+        raise ConfigError(f"{flag} {target}: {folder} is a file, not a folder")
+    _probe_folder(folder, flag, target, min_free)
+    return target
+
+
+def check_output_dir(path: str | os.PathLike, flag: str, *, min_free: int = MIN_FREE_BYTES) -> Path:
+    """Refuse an output folder before any work: a path that is a file (or under one), an unwritable folder, or too
+    little free space (`ConfigError` naming `flag`). Creates nothing."""
+    target = Path(path)
+    if os.path.lexists(target) and not target.is_dir():
+        raise ConfigError(f"{flag} {target} is a file, expected a folder")
+    folder = _existing_ancestor(target)
+    if not folder.is_dir():
+        raise ConfigError(f"{flag} {target}: {folder} is a file, not a folder")
+    _probe_folder(folder, flag, target, min_free)
+    return target

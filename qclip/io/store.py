@@ -7,6 +7,7 @@ loses at most the record in flight.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -14,6 +15,9 @@ import time
 from pathlib import Path
 
 from filelock import FileLock
+
+from .errors import QclipInputError
+from .paths import output_error
 
 __all__ = ["config_hash", "ResultsStore"]
 
@@ -29,7 +33,8 @@ class ResultsStore:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_dir():
+            raise QclipInputError(f"results store {self.path} is a folder, expected a JSONL file")
         self._lock = FileLock(str(self.path) + ".lock")
 
     def records(self) -> list[dict]:
@@ -60,19 +65,44 @@ class ResultsStore:
             raise ValueError("a record needs a 'hash' (see config_hash)")
         line = json.dumps({**record, "written_at": record.get("written_at", time.time())}, allow_nan=False,
                           sort_keys=True) + "\n"
-        with self._lock:
-            if record["hash"] in self.done():
-                return False
-            with open(self.path, "rb+" if self.path.exists() else "wb") as f:  # mend a torn last line first
-                f.seek(0, os.SEEK_END)
-                if f.tell() > 0:
-                    f.seek(-1, os.SEEK_END)
-                    if f.read(1) != b"\n":
-                        f.write(b"\n")
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                os.write(fd, line.encode("utf-8"))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)  # only now: a run that fails first leaves no folder
+            with self._lock:
+                if record["hash"] in self.done():
+                    return False
+                self._write_line(line.encode("utf-8"))
+        except OSError as exc:
+            err = output_error(self.path, exc)
+            if err is exc:
+                raise
+            raise err from exc
         return True
+
+    def _write_line(self, data: bytes) -> None:
+        """Append one line with a single write; on a failed or short write the file is cut back to its old size, so
+        no partial line (nor a store file this write created) remains."""
+        existed = self.path.exists()
+        with open(self.path, "rb+" if existed else "wb") as f:  # mend a torn last line first
+            f.seek(0, os.SEEK_END)
+            if f.tell() > 0:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    f.write(b"\n")
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                written = os.write(fd, data)
+                if written != len(data):  # a short write: the disk filled up mid-line
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                os.fsync(fd)
+            except OSError:
+                try:
+                    os.ftruncate(fd, size)
+                    if not existed:
+                        os.unlink(self.path)
+                except OSError:
+                    pass
+                raise
+        finally:
+            os.close(fd)
