@@ -17,7 +17,7 @@ from qclip.train.demo import (
 from qclip.io.demo import DEMO_MODEL_NAME, WEIGHTS_FILE, demo_dir, is_trained
 from qclip.io.models import load_model
 
-TINY = dict(max_steps=2, limit=64, batch_size=16)  # bf16-mixed (the default): slow on CPUs without native bf16
+TINY = dict(max_steps=2, limit=64, batch_size=16)  # precision auto: bf16-mixed where native, else 32-true
 
 
 def test_random_crop_flip_returns_shifted_crops():
@@ -86,10 +86,21 @@ def test_pretraining_changes_weights_and_is_deterministic(tiny_demo, wds_root, t
 def test_demo_dir_env_override_and_first_use(tiny_demo, wds_root, tmp_path, monkeypatch):
     monkeypatch.setenv("QCLIP_DEMO_DIR", str(tmp_path / "demo"))
     assert demo_dir() == tmp_path / "demo"
-    recipe = DemoRecipe(**TINY, precision="32-true")  # the default bf16 run is tiny_demo's; this one tests caching
+    recipe = DemoRecipe(**TINY, precision="32-true")  # tiny_demo runs the default precision; this one tests caching
     folder = ensure_demo_model(data_root=str(wds_root), progress=False, recipe=recipe, evaluate=False)
     assert folder == tmp_path / "demo" and is_trained(folder)
     mtime = (folder / WEIGHTS_FILE).stat().st_mtime_ns
     ensure_demo_model(data_root=str(wds_root), progress=False, recipe=DemoRecipe(**TINY))  # cached: no retrain
     assert (folder / WEIGHTS_FILE).stat().st_mtime_ns == mtime
     assert isinstance(load_model("demo").model, open_clip.CLIP)
+
+
+def test_auto_precision_picks_bf16_only_where_it_is_native(monkeypatch):
+    from qclip.train.demo import resolve_precision
+
+    assert resolve_precision("32-true") == "32-true" and resolve_precision("bf16-mixed") == "bf16-mixed"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert resolve_precision("auto") == "32-true"
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert resolve_precision("auto") == "bf16-mixed"

@@ -16,6 +16,8 @@ def add_parser(sub) -> None:
     pd.add_argument("--epochs", type=positive_int, default=None, help="training epochs (default 3)")
     pd.add_argument("--out", default=None, help="folder to write (default: the demo cache dir)")
     pd.add_argument("--seed", type=non_negative_int, default=0)
+    pd.add_argument("--precision", default="auto", choices=["auto", "32-true", "bf16-mixed", "16-mixed"],
+                    help="training precision (default auto: bf16-mixed where bfloat16 is native, else 32-true)")
     pd.add_argument("--data-root", default=None)
     pd.add_argument("--no-progress", action="store_true")
 
@@ -25,7 +27,8 @@ def run(args: argparse.Namespace) -> int:
     from qclip.train.demo import DemoRecipe, pretrain_demo
 
     check_outputs(dirs={"--out": args.out})  # before any data is read
-    recipe = DemoRecipe(seed=args.seed) if args.epochs is None else DemoRecipe(epochs=args.epochs, seed=args.seed)
+    kw = {"seed": args.seed, "precision": args.precision}
+    recipe = DemoRecipe(**kw) if args.epochs is None else DemoRecipe(epochs=args.epochs, **kw)
     meta = pretrain_demo(args.out, recipe, data_root=args.data_root, progress=not args.no_progress)
     print(f"demo model: {meta['steps']} steps in {meta['train_seconds']:.0f}s, zero-shot CIFAR-10 test acc1="
           f"{meta.get('test_acc1', float('nan')):.4f}")
