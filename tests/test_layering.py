@@ -102,3 +102,21 @@ def test_only_the_qclip_namespace_is_installed():
     assert set(cfg["package-dir"]) <= {"qclip", *PACKAGES}
     assert {cfg["package-dir"][p] for p in ("qclip.spectral", "qclip.quant", "qclip.evals", "qclip.train")} == {
         "spectral", "quant", "evals", "train"}
+
+
+def test_every_package_folder_is_listed_for_the_wheel():
+    """A package missing from pyproject's explicit list still imports in an editable install but is absent from the
+    wheel (qclip.commands once was): every folder with an __init__.py must be listed under its mapped name."""
+    import tomllib
+
+    cfg = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = set()
+    for package, folder in cfg["package-dir"].items():
+        for init in (REPO / folder).glob("**/__init__.py"):
+            rel = init.parent.relative_to(REPO / folder).parts
+            name = ".".join([package, *rel])
+            if package == "qclip" and rel and rel[0] in ("spectral", "quant", "evals", "train"):
+                continue
+            found.add(name)
+    assert found <= set(cfg["packages"]), sorted(found - set(cfg["packages"]))
+    assert {"qclip.commands", "qclip.io", "qclip.experiments", "qclip.evals.metrics"} <= found
