@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import argparse
 
-from qclip.evals.metrics import auroc, ece_of_confidence, mcm_score, paired_bootstrap
+from qclip.evals.metrics import auroc, ece_of_confidence, paired_bootstrap, top_label
+from qclip.evals.paired import mcm_id_ood_scores
 from qclip.evals.suite import ReliabilitySuite, SuiteConfig
 from qclip.evals.zeroshot import model_fingerprint
 from qclip.train.demo import ensure_demo_model
@@ -21,26 +22,13 @@ OOD = "wds/imagenet_cifar10_ood"
 CORRUPTIONS = [("gaussian_noise", 3), ("shot_noise", 3), ("defocus_blur", 3)]
 
 
-def top(logits, labels):
-    """Top-label confidence and 0/1 correctness."""
-    probs = logits.double().softmax(-1)
-    return probs.amax(-1), (probs.argmax(-1) == labels).double()
-
-
 def outputs(suite: ReliabilitySuite, loaded) -> dict:
-    """Per set (id, each corruption): (confidence, correct); plus MCM scores on ID and OOD."""
-    import torch
-    import torch.nn.functional as F
-
+    """Per set (id, each corruption): (confidence, correct); plus MCM scores on ID then OOD, and the ID indicator."""
     key = model_fingerprint(loaded.model)
     sets = suite.set_logits(loaded, key)
-    out = {"id": top(*sets["id"])}
-    out.update({name: top(*v) for name, v in sets["corruptions"].items()})
-    f_ood, _ = suite.features(loaded, key, suite.ood_specs[OOD], suite.cfg.ood_limit)
-    cos_id = sets["id"][0] / sets["scale"]
-    cos_ood = F.normalize(f_ood.float(), dim=-1) @ sets["classifier"]
-    out["mcm"] = torch.cat([mcm_score(cos_id), mcm_score(cos_ood)])
-    out["is_id"] = torch.cat([torch.ones(cos_id.shape[0]), torch.zeros(cos_ood.shape[0])])
+    out = {"id": top_label(sets["id"][0].double().softmax(-1), sets["id"][1])}
+    out.update({name: top_label(lg.double().softmax(-1), y) for name, (lg, y) in sets["corruptions"].items()})
+    out["mcm"], out["is_id"] = mcm_id_ood_scores(suite, loaded, key, sets, suite.ood_specs[OOD])
     return out
 
 

@@ -8,16 +8,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 
 from qclip.io.models import LoadedModel
 
-from .metrics import auroc, ece_of_confidence, mcm_score, paired_bootstrap
+from .metrics import auroc, ece_of_confidence, mcm_score, paired_bootstrap, top_label
 
 if TYPE_CHECKING:
     from .suite import ReliabilitySuite
 
-__all__ = ["paired_differences"]
+__all__ = ["paired_differences", "mcm_id_ood_scores"]
 
 
 def _acc(correct: torch.Tensor) -> float:
@@ -27,11 +26,7 @@ def _acc(correct: torch.Tensor) -> float:
 def _labelled(fp_logits: torch.Tensor, q_logits: torch.Tensor, labels: torch.Tensor, n_boot: int,
               seed: int) -> dict:
     """Δacc1 and ΔECE (variant − FP) on one labelled set, resampling top-label confidence and correctness."""
-    def top(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        probs = logits.double().softmax(-1)
-        return probs.amax(-1), (probs.argmax(-1) == labels).double()
-
-    (c_fp, r_fp), (c_q, r_q) = top(fp_logits), top(q_logits)
+    (c_fp, r_fp), (c_q, r_q) = (top_label(lg.double().softmax(-1), labels) for lg in (fp_logits, q_logits))
     return {"n": int(labels.numel()),
             "acc1": paired_bootstrap(_acc, (r_q,), (r_fp,), n_boot=n_boot, seed=seed),
             "ece": paired_bootstrap(ece_of_confidence, (c_q, r_q), (c_fp, r_fp), n_boot=n_boot, seed=seed)}
@@ -56,14 +51,18 @@ def paired_differences(suite: ReliabilitySuite, fp: LoadedModel, fp_key: str, va
             out[role][name] = _labelled(lg_fp, b[role][name][0], labels, n_boot, seed)
     out["ood"] = {}
     for name, spec in suite.ood_specs.items():
-        scores = []
-        for loaded, k, sets in ((fp, fp_key, a), (variant, key, b)):
-            f_ood, _ = suite.features(loaded, k, spec, suite.cfg.ood_limit)
-            cos_id = sets["id"][0] / sets["scale"]
-            cos_ood = F.normalize(f_ood.float(), dim=-1) @ sets["classifier"]
-            scores.append(torch.cat([mcm_score(cos_id), mcm_score(cos_ood)]))
-        is_id = torch.cat([torch.ones(a["id"][1].numel()), torch.zeros(scores[0].numel() - a["id"][1].numel())])
-        out["ood"][name] = {"n": int(scores[0].numel()),
-                            "auroc": paired_bootstrap(_auroc_of, (scores[1], is_id), (scores[0], is_id),
-                                                      n_boot=n_boot, seed=seed)}
+        s_fp, is_id = mcm_id_ood_scores(suite, fp, fp_key, a, spec)
+        s_q, _ = mcm_id_ood_scores(suite, variant, key, b, spec)
+        out["ood"][name] = {"n": int(s_fp.numel()),
+                            "auroc": paired_bootstrap(_auroc_of, (s_q, is_id), (s_fp, is_id), n_boot=n_boot, seed=seed)}
     return out
+
+
+def mcm_id_ood_scores(suite: ReliabilitySuite, loaded: LoadedModel, key: str, sets: dict,
+                      spec) -> tuple[torch.Tensor, torch.Tensor]:
+    """MCM scores of the ID set followed by the OOD set `spec`, and the matching ID indicator (1 = ID), from a
+    model's `suite.set_logits` output and its memoised OOD features."""
+    f_ood, _ = suite.features(loaded, key, spec, suite.cfg.ood_limit)
+    id_scores, ood_scores = mcm_score(sets["id_cos"]), mcm_score(sets["cosines"](f_ood))
+    is_id = torch.cat([torch.ones(id_scores.numel()), torch.zeros(ood_scores.numel())])
+    return torch.cat([id_scores, ood_scores]), is_id

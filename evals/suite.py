@@ -214,19 +214,24 @@ class ReliabilitySuite:
     def set_logits(self, loaded: LoadedModel, key: str | None = None) -> dict:
         """Calibration logits and labels of a model variant on every labelled set of the suite: {"id": (logits,
         labels), "corruptions": {"NAME:SEV": ...}, "shift": {NAME: ...}} (shift labels mapped onto the ID classes,
-        unmapped samples dropped), plus the logit scale and the ID classifier; features come from the memo."""
+        unmapped samples dropped), plus the logit scale, the ID classifier, the ID cosines ("id_cos") and
+        `cosines(feats)` for other sets (OOD); features come from the memo."""
         cfg, model = self.cfg, loaded.model.eval()
         key = key or model_fingerprint(model)
         scale = float(model.logit_scale.detach().float().exp())
         clf = zero_shot_classifier(model, loaded.tokenizer, self.id_spec.classnames, self.id_spec.templates,
                                    device=self.device, use_cache=self.use_cache).float().cpu()
 
+        def cosines(feats: torch.Tensor) -> torch.Tensor:
+            return F.normalize(feats.float(), dim=-1) @ clf
+
         def logits_of(feats: torch.Tensor) -> torch.Tensor:
-            return scale * (F.normalize(feats.float(), dim=-1) @ clf)
+            return scale * cosines(feats)
 
         feats, labels = self.features(loaded, key, self.id_spec, cfg.limit)
-        out: dict = {"scale": scale, "classifier": clf, "id": (logits_of(feats), labels), "corruptions": {},
-                     "shift": {}}
+        cos = cosines(feats)
+        out: dict = {"scale": scale, "classifier": clf, "cosines": cosines, "id_cos": cos, "id": (scale * cos, labels),
+                     "corruptions": {}, "shift": {}}
         for name, severity in cfg.corruptions:
             f_c, y_c = self.features(loaded, key, self.id_spec, cfg.limit, corruption=(name, severity))
             out["corruptions"][f"{name}:{severity}"] = (logits_of(f_c), y_c)
@@ -242,16 +247,9 @@ class ReliabilitySuite:
         """All metrics of one model variant (`key`: its `model_fingerprint`, computed when not given)."""
         cfg, model = self.cfg, loaded.model.eval()
         key = key or model_fingerprint(model)
-        scale = float(model.logit_scale.detach().float().exp())
-        clf = zero_shot_classifier(model, loaded.tokenizer, self.id_spec.classnames, self.id_spec.templates,
-                                   device=self.device, use_cache=self.use_cache).float().cpu()
-
-        def cosines(feats):
-            return F.normalize(feats.float(), dim=-1) @ clf
-
-        feats, labels = self.features(loaded, key, self.id_spec, cfg.limit)
-        cos = cosines(feats)
-        logits = scale * cos
+        sets = self.set_logits(loaded, key)
+        scale, cosines, cos = sets["scale"], sets["cosines"], sets["id_cos"]
+        logits, labels = sets["id"]
         m: Metrics = calibration_metrics(logits, labels)  # type: ignore[assignment]
         m["n"] = int(labels.numel())
         m["logit_scale"] = scale
@@ -278,7 +276,6 @@ class ReliabilitySuite:
             m["ood"][name] = {s: ood_metrics(id_scores[s], ood_scores[s]) for s in SCORES}
             if cfg.bootstrap > 0:
                 ci["auroc_mcm"][name] = bootstrap_ci_two_sample(auroc, id_scores["mcm"], ood_scores["mcm"], **boot)
-        sets = self.set_logits(loaded, key)
         m["corruptions"] = {name: set_metrics(lg, y, cfg.seed, ("acc1", "ece", "nll", "brier"))
                             for name, (lg, y) in sets["corruptions"].items()}
         m["shift"] = {name: {**set_metrics(lg, y, cfg.seed, ("acc1", "ece")), "n": int(y.numel())}
@@ -329,6 +326,5 @@ def spurious_changes_(fp_metrics: dict, metrics: dict) -> None:
 
 def numeric_metrics(metrics: dict) -> dict:
     """The metric tree without diagnostics that have no meaningful relative change."""
-    skip = ("reliability", "ci", "n", "logit_scale", "logit_scale_ts", "ece_floor", "ece_floor_sd", "conformal_alpha",
-            "paired")
+    skip = ("reliability", "ci", "n", "logit_scale", "logit_scale_ts", "ece_floor", "ece_floor_sd", "conformal_alpha")
     return {k: v for k, v in metrics.items() if k not in skip}

@@ -53,7 +53,8 @@ def holm(pvalues: list[float], alpha: float = FAMILY_ALPHA) -> list[bool]:
 
 def _tests(records: list[CellRecord], role: str, metric: str, select=None) -> list[dict]:
     """One test per (quant cell, set of `role`) from the cells' paired bootstrap differences against FP:
-    {cell, set, n, diff, low, high, p, fp}; `select(fp_record, set_name)` may drop sets."""
+    {cell, set, n, diff, low, high, p, fp_direction} (FP's over-/under-confidence on that set);
+    `select(fp_record, role, set_name)` may drop sets."""
     refs = references(records)
     out = []
     for rec in sorted(records, key=sort_key):
@@ -69,7 +70,8 @@ def _tests(records: list[CellRecord], role: str, metric: str, select=None) -> li
             if select is not None and not select(fp, role, name):
                 continue
             out.append({"cell": cell_of(rec).get("id"), "set": name or "id", "n": entry.get("n"),
-                        "diff": stats["diff"], "low": stats.get("low"), "high": stats.get("high"), "p": stats["p"]})
+                        "diff": stats["diff"], "low": stats.get("low"), "high": stats.get("high"), "p": stats["p"],
+                        "fp_direction": _direction(fp, role, name)})
     return out
 
 
@@ -135,13 +137,11 @@ def _direction(fp: CellRecord, role: str, name: str) -> str | None:
 def _calibration_findings(records: list[CellRecord]) -> list[dict]:
     """ECE claims on the resolvable sets, one per direction of FP's miscalibration (the paper: the direction of the
     change depends on it)."""
-    refs, found = references(records), []
+    found: list[dict] = []
     by_direction: dict[str, list[dict]] = {}
     for role in ("id", "corruptions", "shift"):
         for t in _tests(records, role, "ece", _resolvable):
-            fp = next(refs[group_of(r)] for r in records if cell_of(r).get("id") == t["cell"])
-            direction = _direction(fp, role, "" if role == "id" else t["set"]) or "unknown"
-            by_direction.setdefault(direction, []).append(t)
+            by_direction.setdefault(t["fp_direction"] or "unknown", []).append(t)
     missing = (f"no set where FP's ECE is at least {RESOLVABLE_ECE:g}× its noise floor (the ECE of a perfectly "
                "calibrated model at that N), or no paired differences")
     if not by_direction:
