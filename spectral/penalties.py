@@ -229,6 +229,15 @@ class SpectralTailPenalty(torch.nn.Module):
         """Per-matrix penalty values of the last forward, as floats (one host sync, on access)."""
         return {} if self._last is None else dict(zip(self._last_names, self._last.tolist()))
 
+    def get_extra_state(self) -> dict:
+        """The call counter and cached bases (in the state dict, so a resumed training refreshes on schedule)."""
+        return {"calls": self.calls, "refresh_count": self.refresh_count, "bases": dict(self._bases)}
+
+    def set_extra_state(self, state: dict) -> None:
+        """Restore what `get_extra_state` saved."""
+        self.calls, self.refresh_count = int(state["calls"]), int(state["refresh_count"])
+        self._bases = dict(state["bases"])
+
     def reset(self) -> None:
         """Drop the cached bases and the call counter, so the next forward refreshes."""
         self._bases.clear()
@@ -236,8 +245,9 @@ class SpectralTailPenalty(torch.nn.Module):
 
     def _stale(self, name: str, mat: torch.Tensor, k: int) -> bool:
         basis = self._bases.get(name)
-        side = min(mat.shape)
-        return basis is None or basis.shape != (side, k) or basis.device != mat.device
+        if basis is not None and basis.device != mat.device:  # e.g. restored from a checkpoint on the CPU
+            self._bases[name] = basis = basis.to(mat.device)
+        return basis is None or basis.shape != (min(mat.shape), k)
 
     def _refresh(self, mats: dict[str, torch.Tensor], ranks: dict[str, int]) -> None:
         groups: dict[tuple, list[str]] = defaultdict(list)

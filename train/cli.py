@@ -1,7 +1,9 @@
 """`qclip fit`: a LightningCLI over `QATCLIPModule` and `PairDataModule` with qclip's defaults.
 
-Defaults: a WandbLogger (offline unless `WANDB_MODE=online`), a ModelCheckpoint keeping `last.ckpt` (resume
-with `--ckpt_path last`), spectral diagnostics every 50 steps, and convert + export at the end.
+Defaults: a WandbLogger (offline unless `WANDB_MODE=online`), `last.ckpt` under `<default_root_dir>/checkpoints`
+written atomically every `--checkpoint.every_n_train_steps` steps (50) and at each epoch end (resume with
+`--ckpt_path last`: the resumed run ends with the uninterrupted run's weights), spectral diagnostics every 50
+steps, and convert + export at the end.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from pathlib import Path
 
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import WandbLogger
 
@@ -22,6 +23,7 @@ from qclip.io.errors import ConfigError, ModelLoadError, one_line
 from qclip.io.models import load_error_reason
 
 from .callbacks import ExportQAT, SpectralDiagnostics
+from .checkpointing import AtomicCheckpointIO, ResumeCheckpoint
 from .data import PairDataModule
 from .module import QATCLIPModule
 
@@ -31,6 +33,11 @@ __all__ = ["run_fit"]
 class QclipCLI(LightningCLI):
     """LightningCLI with qclip's defaults: a wandb logger (offline unless WANDB_MODE=online) and checkpoints under
     the run's `default_root_dir`, plus the diagnostics and export callbacks unless the config has its own."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        """`--checkpoint.every_n_train_steps N`: the resumable `last.ckpt` under `<default_root_dir>/checkpoints`."""
+        parser.add_lightning_class_args(ResumeCheckpoint, "checkpoint")
+        parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath", compute_fn=_checkpoint_dir)
 
     def before_instantiate_classes(self) -> None:
         """Refuse a bad `ckpt_path` (from the command line or a config file) before anything is built."""
@@ -53,10 +60,18 @@ class QclipCLI(LightningCLI):
             root.mkdir(parents=True, exist_ok=True)
             config["logger"] = WandbLogger(project="qclip", offline=offline, save_dir=str(root))
         present = {type(c) for c in [*(config.get("callbacks") or []), *callbacks]}
-        defaults = [ModelCheckpoint(dirpath=root / "checkpoints", save_last=True, save_top_k=0),
-                    SpectralDiagnostics(), ExportQAT()]
+        defaults = [SpectralDiagnostics(), ExportQAT()]
         callbacks = [*callbacks, *(c for c in defaults if type(c) not in present)]
+        plugins = config.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(hasattr(p, "save_checkpoint") for p in plugins):  # no CheckpointIO of the user's own
+            config["plugins"] = [*plugins, AtomicCheckpointIO()]
         return super()._instantiate_trainer(config, callbacks)
+
+
+def _checkpoint_dir(default_root_dir: str | None) -> str:
+    """Where the resumable checkpoint goes: `<default_root_dir>/checkpoints` (`runs/fit` when unset)."""
+    return str(Path(default_root_dir or "runs/fit") / "checkpoints")
 
 
 _CKPT_ALIASES = ("last", "best", "hpc")

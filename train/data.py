@@ -3,6 +3,10 @@
 Captions come from a sample's `txt` member when present, else from a random template filled with its class
 name (seeded, so a run is reproducible). A calibration subset (the first `calib_pairs` training pairs, as the
 paper's 1,000 pairs) initialises activation quantizers; a held-out split serves zero-shot validation.
+
+Training batches follow the stream in order for any number of workers, and the data module's state (saved in
+every checkpoint) is the epoch and the number of its batches the model consumed: a resumed fit skips exactly
+those (reading, not decoding, their tar members) and continues with the next batch.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from torch.utils.data import DataLoader
 from qclip.io.data import WdsImageDataset, make_loader, resolve_dataset
 from qclip.io.validate import check_int, check_str
 
-__all__ = ["template_index", "CaptionedWds", "TokenizeCollate", "PairDataModule"]
+__all__ = ["template_index", "CaptionedWds", "TokenizeCollate", "ResumableLoader", "PairDataModule"]
 
 
 def template_index(seed: int, epoch: int, key: str, n_templates: int) -> int:
@@ -61,6 +65,45 @@ class TokenizeCollate:
         return torch.stack(images), self.tokenizer(list(captions)), torch.as_tensor(labels)
 
 
+class ResumableLoader(DataLoader):
+    """A DataLoader over a `CaptionedWds` that knows its place: the epoch, the batches the trainer consumed of it
+    (`note_consumed`, called per training batch) and whether the stream ran out, so a checkpoint taken at any
+    batch resumes at the next one. Its workers' seeds come from its own generator, never the global RNG."""
+
+    def __init__(self, dataset: CaptionedWds, *, batch_size: int, seed: int = 0, **kwargs):
+        dataset.block = batch_size  # batches in stream order for any number of workers
+        super().__init__(dataset, batch_size=batch_size, drop_last=True,
+                         generator=torch.Generator().manual_seed(seed), **kwargs)
+        self.epoch, self.consumed, self._yielded, self._exhausted, self._skip = 0, 0, 0, False, 0
+
+    def __iter__(self):
+        ds = self.dataset
+        ds.epoch, ds.start = self.epoch, self._skip * self.batch_size
+        self.consumed = self._yielded = self._skip
+        self._skip, self._exhausted = 0, False
+        for batch in super().__iter__():
+            self._yielded += 1
+            yield batch
+        self._exhausted = True
+
+    def note_consumed(self) -> None:
+        """Count one batch as trained on (the trainer fetches ahead, so yielded batches are not consumed ones)."""
+        self.consumed += 1
+
+    def position(self) -> dict[str, int | bool]:
+        """Where the epoch stands: {"epoch", "consumed", "complete"} (complete: the stream ended and every batch
+        it gave was consumed)."""
+        complete = self._exhausted and self.consumed == self._yielded
+        return {"epoch": self.epoch, "consumed": self.consumed, "complete": complete}
+
+    def seek(self, position: dict) -> None:
+        """Make the next iteration continue from `position` (the next epoch from its start when it was complete)."""
+        if position.get("complete"):
+            self.epoch, self._skip = int(position["epoch"]) + 1, 0
+        else:
+            self.epoch, self._skip = int(position["epoch"]), int(position["consumed"])
+
+
 class PairDataModule(L.LightningDataModule):
     """Training pairs, a calibration subset and a zero-shot validation split from wds datasets."""
 
@@ -83,6 +126,8 @@ class PairDataModule(L.LightningDataModule):
         self.preprocess: Callable | None = None
         self.tokenizer: Callable | None = None
         self.epoch = 0
+        self.train_loader: ResumableLoader | None = None
+        self._resume_at: dict | None = None
 
     def attach(self, preprocess: Callable, tokenizer: Callable) -> None:
         """Receive the model's transform and tokenizer (the module calls this in its `setup`)."""
@@ -102,15 +147,34 @@ class PairDataModule(L.LightningDataModule):
         hp = self.hparams
         self.train_set = CaptionedWds(self.train_spec.shards, self.preprocess, hp.train_limit,
                                       self.train_spec.classnames, self.train_spec.templates, hp.seed)
-        self.train_set.epoch = self.epoch
-        return DataLoader(self.train_set, batch_size=hp.batch_size, num_workers=hp.num_workers,
-                          collate_fn=TokenizeCollate(self.tokenizer), drop_last=True)
+        self.train_loader = ResumableLoader(self.train_set, batch_size=hp.batch_size, seed=hp.seed,
+                                            num_workers=hp.num_workers, collate_fn=TokenizeCollate(self.tokenizer))
+        self.train_loader.epoch = self.epoch
+        if self._resume_at is not None:  # restored from a checkpoint: continue where it was taken
+            self.train_loader.seek(self._resume_at)
+            self.epoch, self._resume_at = self.train_loader.epoch, None
+        return self.train_loader
 
     def set_epoch(self, epoch: int) -> None:
         """Template choices of the coming epoch (called at each epoch start, also after a resume)."""
         self.epoch = epoch
-        if getattr(self, "train_set", None) is not None:
-            self.train_set.epoch = epoch
+        if self.train_loader is not None:
+            self.train_loader.epoch = epoch
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        """Count the training batches the model consumes (the position a checkpoint saves)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.training and self.train_loader is not None:
+            self.train_loader.note_consumed()
+        return batch
+
+    def state_dict(self) -> dict:
+        """The training stream's position, saved in every checkpoint."""
+        return {"position": self.train_loader.position()} if self.train_loader is not None else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Resume the training stream at the saved position (applied when the train loader is built)."""
+        self._resume_at = state_dict.get("position")
 
     def val_dataloader(self) -> DataLoader:
         self._require_model()

@@ -8,6 +8,9 @@ either way. Weights and quantizer step sizes get separate AdamW learning rates (
 linear warm-up and cosine decay. `freeze_bn` keeps BatchNorm layers on their pretrained running statistics
 during QAT (off by default: on the demo's ResNet tower, frozen statistics left w4a8 QAT below RTN PTQ, 0.59 vs
 0.66 acc1, while re-estimating them from quantized batches put it above, 0.67).
+
+Each checkpoint also carries the RNG states and the weight penalty's cached bases, restored before the first
+training batch after a resume, so a resumed fit continues the uninterrupted one bit for bit (on CPU).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from qclip.io.errors import ConfigError
 from qclip.io.models import load_model
 from qclip.io.validate import check_choice, check_float, check_int, check_str
 
+from .checkpointing import capture_rng, restore_rng
 from .losses import contrastive_loss, distill_mse, feature_spectral_penalty
 from .schedule import warmup_cosine
 
@@ -86,6 +90,7 @@ class QATCLIPModule(L.LightningModule):
         self.weight_penalty: SpectralTailPenalty | None = None
         self._penalised: list[str] = []
         self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._rng_to_restore: dict | None = None
 
     # --------------------------------------------------------------------------------------------- building
     def setup(self, stage: str | None = None) -> None:
@@ -170,6 +175,19 @@ class QATCLIPModule(L.LightningModule):
         self.log("train/spectral_penalty", penalty.detach())
         self.log("train/loss", loss)
         return loss
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["qclip_rng"] = capture_rng()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # applied at the first training batch: fit start (sanity validation, data loaders, the diagnostics'
+        # reference model) draws random numbers a resumed run must not let shift the training stream
+        self._rng_to_restore = checkpoint.get("qclip_rng")
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        if self._rng_to_restore is not None:
+            restore_rng(self._rng_to_restore)
+            self._rng_to_restore = None
 
     def on_train_epoch_start(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)

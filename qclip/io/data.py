@@ -300,9 +300,10 @@ class WdsImageDataset(IterableDataset):
     decodes only the blocks `b` of `block` consecutive samples with `b % num_workers == worker_id`; the loader's
     round-robin over workers then yields exactly the batches of a 0-worker loader, so results (seeded splits,
     corruption noise, bootstrap) do not depend on the number of workers. Without `block`, each worker reads its
-    own shards when there are at least as many shards as workers (and no limit), else every `num_workers`-th
-    sample. `limit` keeps the first N samples of the stream. Under torch.distributed each rank reads every
-    `world`-th sample (set a limit divisible by world x batch size so ranks see equal batch counts).
+    own shards when there are at least as many shards as workers (and no limit or start), else every
+    `num_workers`-th sample. `limit` keeps the first N samples of the stream. Under torch.distributed each rank
+    reads every `world`-th sample (set a limit divisible by world x batch size so ranks see equal batch counts).
+    `start` skips the first N samples of this rank's stream without decoding them (a resumed epoch).
     """
 
     def __init__(self, shards: tuple[str, ...] | list[str], transform: Callable | None = None,
@@ -314,6 +315,7 @@ class WdsImageDataset(IterableDataset):
         self.limit = limit
         self.with_text = with_text
         self.block = block
+        self.start = 0
 
     def _emit(self, sample: WdsSample, shard: str):
         if sample.label is None:
@@ -332,22 +334,25 @@ class WdsImageDataset(IterableDataset):
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         rank, world = _distributed_rank()
-        if world > 1:  # every (rank, worker) pair takes its own stride of the stream: near-equal shares per rank
-            wid, nw = rank * nw + wid, world * nw
-        elif self.block is None and self.limit is None and len(self.shards) >= nw:
+        if world == 1 and self.block is None and self.limit is None and not self.start and len(self.shards) >= nw:
             for shard in self.shards[wid::nw]:
                 for sample in iter_wds_samples(shard):
                     yield self._emit(sample, shard)
             return
-        block = self.block if self.block and world == 1 else 1
-        index = 0
+        block = self.block or 1
+        index = 0  # position in the whole stream (limit counts here)
+        mine = 0  # position in this rank's stream (start counts here)
         for shard in self.shards:
             for sample in iter_wds_samples(shard):
                 if self.limit is not None and index >= self.limit:
                     return
-                if (index // block) % nw == wid:
-                    yield self._emit(sample, shard)
                 index += 1
+                if (index - 1) % world != rank:
+                    continue
+                pos = mine - self.start
+                mine += 1
+                if pos >= 0 and (pos // block) % nw == wid:
+                    yield self._emit(sample, shard)
 
 
 def make_dataset(spec: DatasetSpec, transform: Callable | None = None, limit: int | None = None) -> Dataset:
