@@ -1,14 +1,24 @@
-"""Rank truncation of linear maps: the ablation control for quantization (a hard low-pass over rank)."""
+"""Rank truncation of linear maps: the ablation control for quantization (a hard low-pass over rank).
+
+Inside `with reuse_svds():` the SVD of each weight is computed once and reused by every later truncation of
+identical weights (keyed by a hash of the bytes), so a grid's truncation cells decompose the FP model once
+instead of once per cell; the truncated weights are bit-identical to a fresh decomposition.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import math
+from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-__all__ = ["kept_rank", "truncate_weight", "truncate_modules_", "truncate_to_errors_", "TruncationReport"]
+__all__ = ["kept_rank", "truncate_weight", "truncate_modules_", "truncate_to_errors_", "TruncationReport",
+           "reuse_svds"]
 
 
 @dataclass(frozen=True)
@@ -38,11 +48,55 @@ def kept_rank(sigma: torch.Tensor, mode: str, value: float) -> int:
     raise ValueError(f"unknown truncation mode {mode!r}")
 
 
+class _SvdMemo:
+    """SVDs by weight content, least recently used dropped beyond `max_bytes`."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.bytes = max_bytes, 0
+        self.entries: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def svd(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`torch.linalg.svd(w, full_matrices=False)`, from the memo when the same matrix was decomposed before."""
+        data = w.detach().contiguous().cpu()
+        key = (tuple(w.shape), str(w.dtype), str(w.device),
+               hashlib.blake2b(data.view(torch.uint8).numpy().tobytes(), digest_size=16).digest())
+        hit = self.entries.get(key)
+        if hit is not None:
+            self.entries.move_to_end(key)
+            self.hits += 1
+            return hit
+        self.misses += 1
+        result = torch.linalg.svd(w, full_matrices=False)
+        size = sum(t.numel() * t.element_size() for t in result)
+        if size <= self.max_bytes:
+            self.entries[key] = result
+            self.bytes += size
+            while self.bytes > self.max_bytes:
+                _, old = self.entries.popitem(last=False)
+                self.bytes -= sum(t.numel() * t.element_size() for t in old)
+        return result
+
+
+_MEMO: _SvdMemo | None = None
+
+
+@contextlib.contextmanager
+def reuse_svds(max_bytes: int = 2 << 30) -> Iterator[_SvdMemo]:
+    """Within the block, truncations reuse the SVD of any weight already decomposed (up to `max_bytes` kept)."""
+    global _MEMO
+    outer, _MEMO = _MEMO, _SvdMemo(max_bytes)
+    try:
+        yield _MEMO
+    finally:
+        _MEMO = outer
+
+
 @torch.no_grad()
 def truncate_weight(weight: torch.Tensor, mode: str, value: float) -> tuple[torch.Tensor, int, float]:
     """Best rank-k approximation (Eckart–Young) of a weight [out, in, ...]; returns (W_k, k, energy share)."""
     w = weight.detach().float().reshape(weight.shape[0], -1)  # float32 SVD: 2-3x faster, energies summed in float64
-    u, s, vh = torch.linalg.svd(w, full_matrices=False)
+    u, s, vh = _MEMO.svd(w) if _MEMO is not None else torch.linalg.svd(w, full_matrices=False)
     k = kept_rank(s, mode, value)
     wk = (u[:, :k] * s[:k]) @ vh[:k]
     energy = s.double() ** 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from .flags import check_outputs, device_of, non_negative_float, non_negative_int, one_line_errors, positive_int
 
@@ -15,8 +16,11 @@ def add_parser(sub) -> None:
                                         "truncation) through the reliability suite and spectra, resumable and "
                                         "shardable, with a report"))
     ab.add_argument("--config", required=True, help="grid YAML (see configs/demo.yaml)")
-    ab.add_argument("--out", required=True, help="output folder: store/ (JSONL per shard), results.jsonl, "
-                    "results.csv, report.md, plots/")
+    ab.add_argument("--out", default=None, help="output folder: store/ (JSONL per shard), results.jsonl, "
+                    "results.csv, report.md, plots/ (with --dry-run: plan.json); required unless --dry-run")
+    ab.add_argument("--dry-run", action="store_true", help="evaluate nothing: validate the grid, resolve every "
+                    "dataset without reading data or loading a model, and print each cell's image forward passes")
+    ab.add_argument("--json", action="store_true", help="with --dry-run: print the plan as JSON instead of the table")
     ab.add_argument("--shard", default=None, metavar="I/N", help="evaluate shard I of N (1-based) of the grid; "
                     "N processes or machines can share one --out folder")
     ab.add_argument("--merge", action="store_true", help="evaluate nothing: merge the shard stores and write the "
@@ -36,13 +40,19 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Evaluate this shard of the grid (or merge the stored shards) and write the report; return the exit status."""
-    import os
-
+    """Evaluate this shard of the grid (or merge the stored shards) and write the report, or with --dry-run print
+    its plan; return the exit status."""
     from qclip.experiments.grid import grid_data_root, load_grid, parse_shard
+    from qclip.io.errors import ConfigError
 
     cfg = load_grid(args.config, limit=args.limit, ood_limit=args.ood_limit)  # validated before anything heavy loads
     shard = parse_shard(args.shard)
+    if args.dry_run:
+        return _dry_run(args, cfg, shard)
+    if args.json:
+        raise ConfigError("ablate: --json only applies to --dry-run")
+    if args.out is None:
+        raise ConfigError("ablate: --out is required (only --dry-run runs without it)")
     check_outputs(dirs={"--out": args.out})  # before any model or data is loaded
 
     from qclip.experiments.ablate import merge_results, run_grid, write_grid_report
@@ -53,6 +63,9 @@ def run(args: argparse.Namespace) -> int:
         summary = write_grid_report(cfg, records, args.out)
         print(f"merged {len(records)} cells -> {summary['report']}")
         return 0
+    from qclip.experiments.plan import check_datasets
+
+    check_datasets(cfg, data_root)  # a missing folder stops the run here, before a model is loaded or trained
     if any(m["name"] == "demo" for m in cfg.models):
         from qclip.train.demo import ensure_demo_model
 
@@ -79,4 +92,25 @@ def run(args: argparse.Namespace) -> int:
     elif summary["missing"]:
         line += f"; {len(summary['missing'])} cells of other shards pending (then: qclip ablate ... --merge)"
     print(line)
+    return 0
+
+
+def _dry_run(args: argparse.Namespace, cfg, shard: tuple[int, int]) -> int:
+    """Print the grid's plan (table, or JSON with --json) and write `plan.json` under --out when given."""
+    import json
+
+    from qclip.experiments.grid import grid_data_root
+    from qclip.experiments.plan import format_plan, plan_grid, plan_json
+    from qclip.io.errors import ConfigError
+    from qclip.io.paths import atomic_write_text
+
+    if args.merge:
+        raise ConfigError("ablate: --dry-run and --merge cannot be combined")
+    if args.out is not None:
+        check_outputs(dirs={"--out": args.out})
+    plan = plan_grid(cfg, shard=shard, data_root=grid_data_root(cfg, args.data_root), config=args.config)
+    text = json.dumps(plan_json(plan), indent=1)
+    if args.out is not None:
+        atomic_write_text(os.path.join(args.out, "plan.json"), text + "\n")
+    print(text if args.json else format_plan(plan))
     return 0

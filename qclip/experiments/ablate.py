@@ -159,15 +159,16 @@ def _suite_config(cfg: GridConfig, cell: Cell) -> SuiteConfig:
 class _Group:
     """What the cells of one (model, seed) share: the FP model, its suite, FP metrics, FP weight spectra."""
 
-    def __init__(self, cfg: GridConfig, cell: Cell, fp: LoadedModel, **suite_kw):
+    def __init__(self, cfg: GridConfig, cell: Cell, fp: LoadedModel, fp_weights: dict, **suite_kw):
         from qclip.spectral.features import parse_bands
 
         self.fp = fp
+        self._weights_of_models = fp_weights  # per model, shared by its seeds' groups
         self.suite = ReliabilitySuite(_suite_config(cfg, cell), **suite_kw)
         self.bands = parse_bands(cfg.bands)
         self.fp_key = model_fingerprint(fp.model)
         self._fp_metrics: dict | None = None
-        self._fp_weights: FpWeights | None = None
+        self._model_key = (cell.model, cell.pretrained)
 
     @property
     def fp_metrics(self) -> dict:
@@ -177,9 +178,9 @@ class _Group:
 
     @property
     def fp_weights(self) -> FpWeights:
-        if self._fp_weights is None:
-            self._fp_weights = FpWeights(self.fp.model)
-        return self._fp_weights
+        if self._model_key not in self._weights_of_models:
+            self._weights_of_models[self._model_key] = FpWeights(self.fp.model)
+        return self._weights_of_models[self._model_key]
 
 
 def _evaluate_cell(cfg: GridConfig, cell: Cell, group: _Group, device: str, data_root: str | None) -> CellRecord:
@@ -253,31 +254,36 @@ def run_grid(cfg: GridConfig, out: str | os.PathLike, *, shard: tuple[int, int] 
     todo = [c for c in cells if cell_hash(cfg, c) not in done]
     summary = {"cells": len(cells), "skipped": len(cells) - len(todo), "evaluated": 0}
     fps: dict[tuple, LoadedModel] = {}
+    fp_weights: dict[tuple, FpWeights] = {}  # the FP spectra, once per model for all its seeds
     groups: dict[tuple, _Group] = {}
     suite_kw = dict(data_root=data_root, device=device, batch_size=batch_size or cfg.batch_size,
                     num_workers=num_workers, progress=False, use_cache=use_cache, image_cache_mb=image_cache_mb)
     bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc=f"ablate {cfg.name}", unit="cell",
                disable=not progress, dynamic_ncols=True)
-    try:
-        for cell in todo:
-            bar.set_postfix_str(cell.variant)
-            model_key = (cell.model, cell.pretrained)
-            if model_key not in fps:
-                fps[model_key] = load_model(cell.model, cell.pretrained, device=device, precision=cfg.precision)
-            group_key = (*model_key, cell.seed)
-            if group_key not in groups:
-                groups.clear()  # one (model, seed) group in memory at a time: cells are grouped in grid order
-                groups[group_key] = _Group(cfg, cell, fps[model_key], **suite_kw)
-            record = _finite(_evaluate_cell(cfg, cell, groups[group_key], device, data_root))
-            store.append(record)
-            summary["evaluated"] += 1
-            m = record["metrics"]
-            bar.write(f"{cell.id}: acc1={m['acc1']:.4f} ece={m['ece']:.4f} ({record['seconds']:.1f}s)")
-            if wandb_run is not None:
-                _log_cell(wandb_run, record)
-            bar.update(1)
-    finally:
-        bar.close()
+    from qclip.quant.truncation import reuse_svds
+
+    # truncation cells decompose each FP weight once per grid, not once per cell (bit-identical results)
+    with reuse_svds():
+        try:
+            for cell in todo:
+                bar.set_postfix_str(cell.variant)
+                model_key = (cell.model, cell.pretrained)
+                if model_key not in fps:
+                    fps[model_key] = load_model(cell.model, cell.pretrained, device=device, precision=cfg.precision)
+                group_key = (*model_key, cell.seed)
+                if group_key not in groups:
+                    groups.clear()  # one (model, seed) group in memory at a time: cells are grouped in grid order
+                    groups[group_key] = _Group(cfg, cell, fps[model_key], fp_weights, **suite_kw)
+                record = _finite(_evaluate_cell(cfg, cell, groups[group_key], device, data_root))
+                store.append(record)
+                summary["evaluated"] += 1
+                m = record["metrics"]
+                bar.write(f"{cell.id}: acc1={m['acc1']:.4f} ece={m['ece']:.4f} ({record['seconds']:.1f}s)")
+                if wandb_run is not None:
+                    _log_cell(wandb_run, record)
+                bar.update(1)
+        finally:
+            bar.close()
     records, missing = merge_results(cfg, out)
     summary["missing"] = [c.id for c in missing]
     if not missing and report:
