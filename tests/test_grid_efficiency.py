@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 
 import torch
-
 from qclip.quant import truncation
 from qclip.quant.truncation import reuse_svds, truncate_weight
 
@@ -78,6 +77,7 @@ def test_grid_decomposes_each_fp_weight_once_and_shares_fp_spectra_across_seeds(
     assert len(built) == 1
     (memo,) = memos
     from qclip.quant.surgery import attention_surgery_, list_linear_maps
+
     from qclip.io.models import load_model
 
     vision = [m for m in list_linear_maps(attention_surgery_(copy.deepcopy(load_model(f"local-dir:{micro_dir}").model)))
