@@ -22,40 +22,18 @@ failing; `check_datasets` turns the first such problem into the error a real run
 from __future__ import annotations
 
 import inspect
-import json
-import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import lru_cache
-from pathlib import Path
 
 from qclip.io.errors import DataError
+from qclip.io.locate import DatasetPlan, plan_dataset, root_description
 
 from .grid import Cell, GridConfig, expand_cells, shard_cells, spec_string
 
-__all__ = ["DatasetPlan", "Forwards", "CellPlan", "GridPlan", "known_sizes", "count_images", "plan_dataset",
-           "plan_datasets", "check_datasets", "eval_forwards", "calibration_forwards", "plan_grid", "format_plan",
+__all__ = ["Forwards", "CellPlan", "GridPlan", "plan_datasets", "check_datasets", "eval_forwards", "calibration_forwards", "plan_grid", "format_plan",
            "plan_json"]
 
 ROLES = ("id", "ood", "shift", "spurious")
-
-
-@dataclass(frozen=True)
-class DatasetPlan:
-    """One dataset name of a grid, resolved without reading it: where a run reads it, its size when known, and what
-    (if anything) a real run would stop on."""
-
-    name: str
-    kind: str  # registered | clip_benchmark | wds | imagefolder
-    location: str
-    status: str
-    samples: dict[str, int] = field(default_factory=dict)  # images per split, when known
-    size_source: str | None = None  # registry | CLIP_benchmark sizes | file listing
-    problem: str | None = None
-    roles: tuple[str, ...] = ()
-
-    def size(self, split: str = "test") -> int | None:
-        """Images in `split` when known, else None."""
-        return self.samples.get(split)
 
 
 @dataclass(frozen=True)
@@ -138,139 +116,6 @@ class GridPlan:
 
 
 # ------------------------------------------------------------------------------------------------- datasets
-@lru_cache(maxsize=1)
-def known_sizes() -> dict:
-    """The well-known CLIP_benchmark sets qclip does not build, with their sizes (`registry/clip_benchmark.json`)."""
-    from qclip.io import registry
-
-    path = Path(registry.__file__).with_name("registry") / "clip_benchmark.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))["datasets"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise DataError(f"cannot read the CLIP_benchmark size table {path}: {exc}") from None
-
-
-def _root_description(data_root: str | None) -> str:
-    """Where `wds/NAME` is read from, in words."""
-    from qclip.io.paths import REMOTE_DATA_ROOT
-
-    if data_root:
-        return data_root
-    if os.environ.get("QCLIP_DATA_ROOT"):
-        return f"$QCLIP_DATA_ROOT = {os.environ['QCLIP_DATA_ROOT']}"
-    return f"none given: registered sets from the user cache, others from {REMOTE_DATA_ROOT}"
-
-
-def _wds_sizes(name: str, short: str) -> DatasetPlan:
-    """`wds/NAME` with its kind and sizes (from the registry or the CLIP_benchmark table), not yet located."""
-    from qclip.io import registry
-
-    if registry.canonical_name(short) == short:
-        return DatasetPlan(name, "registered", "", "", dict(registry.get_entry(short)["samples"]), "registry")
-    known = known_sizes().get(short)
-    if known:
-        return DatasetPlan(name, "clip_benchmark", "", "", dict(known["samples"]), "CLIP_benchmark sizes")
-    return DatasetPlan(name, "wds", "", "")
-
-
-def _under_root(plan: DatasetPlan, short: str, root: str) -> DatasetPlan:
-    """A `wds/NAME` under an explicit data root: present, remote, or missing (a real run stops there)."""
-    from qclip.io import registry
-    from qclip.io.data import _wds_base  # the resolver's own rule for `<root>/wds_NAME` (and URL roots)
-    from qclip.io.download import is_url
-    from qclip.io.paths import REMOTE_DATA_ROOT
-
-    base = _wds_base(root, short)
-    if is_url(base):
-        return replace(plan, location=base, status="remote: fetched into the user cache on first use")
-    if os.path.isdir(base):
-        return replace(plan, location=base, status="present")
-    if plan.kind == "registered":
-        hint = f"build it with: {registry.fetch_command(short, root)}"
-    else:
-        hint = (f"put CLIP_benchmark's wds_{short} there, or run without --data-root / $QCLIP_DATA_ROOT to read it "
-                f"from {REMOTE_DATA_ROOT}")
-    return replace(plan, location=base, status=f"missing ({hint})",
-                   problem=f"dataset '{plan.name}' not found: no folder {base} ({hint})")
-
-
-def _in_cache(plan: DatasetPlan, short: str) -> DatasetPlan:
-    """A registered `wds/NAME` without a data root: in the user cache, built there on first use unless offline."""
-    from qclip.io import registry
-    from qclip.io.paths import cache_dir
-
-    path = cache_dir("data") / f"wds_{short}"
-    if path.is_dir():
-        return replace(plan, location=str(path), status="present (user cache)")
-    command = registry.fetch_command(short)
-    if registry.offline():
-        return replace(plan, location=str(path), status=f"missing; offline mode is on (run: {command})",
-                       problem=f"dataset wds/{short} is not in {path.parent} and offline mode is on "
-                               f"(QCLIP_OFFLINE / HF_HUB_OFFLINE); run: {command}")
-    mb = registry.get_entry(short).get("download_mb", "?")
-    return replace(plan, location=str(path), status=f"built there on first use (about {mb} MB to download)")
-
-
-def _wds_plan(name: str, data_root: str | None) -> DatasetPlan:
-    """`wds/NAME` located as `qclip.io.data` locates it (registered sets are not built, remote ones not fetched)."""
-    from qclip.io.data import _wds_base
-    from qclip.io.paths import REMOTE_DATA_ROOT, resolve_data_root
-
-    short = name[len("wds/"):]
-    if not short or "/" in short:
-        raise DataError(f"bad dataset name '{name}': expected wds/NAME")
-    plan = _wds_sizes(name, short)
-    if data_root or os.environ.get("QCLIP_DATA_ROOT"):
-        return _under_root(plan, short, resolve_data_root(data_root))
-    if plan.kind == "registered":
-        return _in_cache(plan, short)
-    status = "public CLIP_benchmark location: fetched into the user cache on first use"
-    if plan.kind == "wds":
-        status += "; size unknown (neither registered nor a well-known CLIP_benchmark set: check the name)"
-    return replace(plan, location=_wds_base(REMOTE_DATA_ROOT, short), status=status)
-
-
-def count_images(folder: Path) -> tuple[int, int]:
-    """(class folders, image files) of an ImageFolder tree, from the file listing as torchvision's ImageFolder
-    lists it (files with its image extensions anywhere under a class folder); nothing is decoded."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS
-
-    classes = sorted(d for d in folder.iterdir() if d.is_dir())
-    images = 0
-    for class_dir in classes:
-        for _, _, files in os.walk(class_dir, followlinks=True):
-            images += sum(f.lower().endswith(IMG_EXTENSIONS) for f in files)
-    return len(classes), images
-
-
-def _imagefolder_plan(name: str, path: str, split: str = "test") -> DatasetPlan:
-    """`imagefolder:PATH` (relative paths from the working directory): present with its image count, or missing."""
-    folder = Path(path)
-    shown = str(folder) if folder.is_absolute() else f"{folder} (in {Path.cwd()})"
-    if not folder.is_dir():
-        return DatasetPlan(name, "imagefolder", shown, "missing (supply this folder)",
-                           problem=f"dataset '{name}' not found: no folder {shown}")
-    if (folder / split).is_dir():
-        folder = folder / split
-    classes, images = count_images(folder)
-    if not classes:
-        return DatasetPlan(name, "imagefolder", shown, "no class sub-folders",
-                           problem=f"image folder {folder} has no class sub-folders")
-    return DatasetPlan(name, "imagefolder", shown, f"present ({classes} class folders)", {split: images},
-                       "file listing", problem=None if images else f"image folder {folder} holds no image files")
-
-
-def plan_dataset(name: str, data_root: str | None = None) -> DatasetPlan:
-    """Resolve one dataset name without reading data; `DataError` when no run could resolve it."""
-    if name.startswith("wds/"):
-        return _wds_plan(name, data_root)
-    if name.startswith("imagefolder:"):
-        return _imagefolder_plan(name, name[len("imagefolder:"):])
-    if os.path.isdir(name):
-        return _imagefolder_plan(name, name)
-    raise DataError(f"unknown dataset '{name}': use wds/NAME (under the data root) or imagefolder:PATH")
-
-
 def _roles(cfg: GridConfig) -> dict[str, list[str]]:
     """Every dataset name of the grid with its roles, in grid order."""
     named = {"id": [cfg.dataset], "ood": cfg.ood, "shift": cfg.shift, "spurious": list(cfg.spurious or [])}
@@ -419,7 +264,7 @@ def plan_grid(cfg: GridConfig, *, shard: tuple[int, int] = (1, 1), data_root: st
     cells = shard_cells(all_cells, *shard)
     evals = eval_forwards(cfg, by_name)
     rows = tuple(_cell_plan(cfg, c, evals, by_name[cfg.dataset]) for c in cells)
-    return GridPlan(cfg.name, config, shard, _root_description(data_root), datasets, rows,
+    return GridPlan(cfg.name, config, shard, root_description(data_root), datasets, rows,
                     _shared_fp(cells, all_cells, evals, shard), len(all_cells),
                     len({(c.model, c.pretrained, c.variant) for c in cells}))
 
