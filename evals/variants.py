@@ -13,7 +13,7 @@ from qclip.io.data import DatasetSpec
 from qclip.io.models import LoadedModel
 from qclip.io.records import QuantSummary
 
-__all__ = ["make_calibrator", "parse_quant_arg", "quantize_loaded"]
+__all__ = ["make_calibrator", "parse_quant_arg", "quantize_loaded", "needs_calibration", "compile_image_tower_"]
 
 
 def make_calibrator(loaded: LoadedModel, spec: DatasetSpec, *, batches: int = 8, batch_size: int = 64,
@@ -48,13 +48,20 @@ def parse_quant_arg(text: str):
         raise QclipInputError(f"bad --quant {text!r}: {exc}") from None
 
 
-def quantize_loaded(fp: LoadedModel, spec_text: str, dataset: DatasetSpec, *, device: str | torch.device = "cpu",
+def needs_calibration(spec) -> bool:
+    """True when a parsed spec quantizes activations or smooths them (its variant needs calibration images)."""
+    return spec.kind in ("quant", "mixed") and (spec.a_bits is not None or spec.method == "smoothquant")
+
+
+def quantize_loaded(fp: LoadedModel, spec_text: str, dataset: DatasetSpec | None, *,
+                    device: str | torch.device = "cpu",
                     data_root: str | None = None, calib_batches: int | None = None,
                     qat_checkpoint: str | None = None) -> tuple[LoadedModel, QuantSummary]:
     """A quantized (or rank-truncated) deep copy of `fp`, calibrated on `dataset`, with its coverage summary.
 
     With `qat_checkpoint` (a `qclip fit` checkpoint of the same spec), the trained quantizer step sizes are
-    loaded over the calibrated ones, so the model is the QAT model as trained."""
+    loaded over the calibrated ones, so the model is the QAT model as trained. `dataset` may be None for specs
+    that need no calibration (weight-only, rank truncation)."""
     import copy
 
     from qclip.quant.api import quantize_
@@ -62,7 +69,11 @@ def quantize_loaded(fp: LoadedModel, spec_text: str, dataset: DatasetSpec, *, de
     spec = parse_quant_arg(spec_text)
     loaded = fp._replace(model=copy.deepcopy(fp.model))
     calibrate = None
-    if spec.kind in ("quant", "mixed"):
+    if needs_calibration(spec):
+        if dataset is None:
+            from qclip.io.errors import ConfigError
+
+            raise ConfigError(f"spec {spec} quantizes activations: it needs a dataset for calibration images")
         calibrate = make_calibrator(loaded, dataset, batches=calib_batches or spec.calib_batches, device=device,
                                     data_root=data_root, text=spec.scope == "vision+text")
     report = quantize_(loaded.model, spec, calibrate)
@@ -93,3 +104,20 @@ def _load_quantizer_state(model: torch.nn.Module, checkpoint: str) -> None:
     if quantizer_keys and not found:
         raise ModelLoadError(f"{checkpoint} holds no quantizer state for this spec (was it trained with it?)")
     model.load_state_dict(found, strict=False)
+
+
+def compile_image_tower_(loaded: LoadedModel) -> LoadedModel:
+    """`torch.compile` the image tower in place (Inductor, static shapes, freezing on: weights become constants, so
+    integer maps of an export run oneDNN's prepacked int8 kernels); the first batch of each shape compiles.
+
+    The tower is replaced by the compiled wrapper (its state-dict keys gain `_orig_mod.`), so feature caches keep
+    compiled and eager features apart."""
+    import torch._inductor.config as inductor_config
+    from qclip.quant.kernels import prepack_
+
+    inductor_config.freezing = True
+    model = loaded.model
+    if not isinstance(model.visual, torch._dynamo.eval_frame.OptimizedModule):
+        prepack_(model.visual)
+        model.visual = torch.compile(model.visual, dynamic=False)
+    return loaded

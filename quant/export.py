@@ -1,4 +1,11 @@
-"""Export: real integer weights through torchao, and a dequantized float model stock open_clip loads."""
+"""Export: a quantized model as integer codes + quantization parameters (rebuilt into `IntLinear` / `IntConv2d`
+maps that run oneDNN int8 kernels), and the legacy torchao integer-tensor export.
+
+`integer_tensors(model, spec)` reads every in-scope map of a fake-quant model (RTN, SmoothQuant, rotation, LSQ,
+mixed precision, or torchao QAT) and returns plain tensors (codes, scales, activation grids) plus one manifest
+entry per map saying which kernel will run it and why; `build_integer_model_(float_model, entries, tensors)`
+swaps those maps into a float model. Nothing here pickles: the tensors go to safetensors, the entries to JSON.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +15,197 @@ import torch
 from torch import nn
 
 from .api import convert_to_float_, towers_of
-from .modules import weight_grid_scale
-from .spec import QuantSpec
+from .kernels import IntConv2d, IntLinear, IntMap, onednn_unsupported
+from .modules import is_quantized, weight_grid_scale
+from .primitives import qrange
+from .spec import MixedSpec, QuantSpec, RankSpec, parse_spec
 from .surgery import attention_surgery_, list_linear_maps
 
-__all__ = ["int_config_for", "export_int_", "save_int", "load_int"]
+__all__ = ["integer_tensors", "build_integer_model_", "map_kernel", "EXPORT_FORMAT", "int_config_for", "export_int_",
+           "save_int", "load_int"]
+
+#: `format` of an export manifest (bumped when the layout of the tensors or entries changes)
+EXPORT_FORMAT = "qclip-export/1"
+_KERNEL_NAMES = {("linear", "onednn"): "onednn.qlinear_pointwise (u8 x s8 -> s32)",
+                 ("conv2d", "onednn"): "onednn.qconv2d_pointwise (u8 x s8 -> s32)",
+                 ("linear", "dequant"): "dequantize + F.linear (float32)",
+                 ("conv2d", "dequant"): "dequantize + F.conv2d (float32)"}
+
+
+def _signed_codes(w: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
+    """Symmetric integer codes of `w` [out, in...] on `scale` [out|1, groups]: clamp(round(w · (1/scale)))."""
+    qmin, qmax = qrange(bits, True)
+    rows = w.reshape(w.shape[0], scale.shape[1], -1)
+    q = torch.clamp(torch.round(rows * (1.0 / scale.float()[..., None])), qmin, qmax)
+    return q.reshape(w.shape).to(torch.int8)
+
+
+@torch.no_grad()
+def _weight_grid(module: nn.Module, bits: int, spec: QuantSpec | None) -> tuple[torch.Tensor, torch.Tensor,
+                                                                             torch.Tensor | None, int, str]:
+    """(codes, scale [out|1, groups], zero point or None, bits, source) of a quantized map's weight grid."""
+    w = module.weight.detach().float()
+    out = w.shape[0]
+    quant = getattr(module, "weight_quant", None)
+    if quant is not None and hasattr(quant, "step"):  # LSQ: the learned steps
+        step = quant.step.detach().float().reshape(-1, 1)
+        return _signed_codes(w, step, quant.bits), step, None, quant.bits, "lsq_step"
+    fake = getattr(module, "weight_fake_quantizer", None)  # torchao QAT: its learned (range-learning) scales
+    if fake is not None and getattr(fake, "scale", None) is not None:
+        scale = fake.scale.detach().float().reshape(out, -1)
+        return _signed_codes(w, scale, bits), scale, None, bits, "torchao_qat_scale"
+    if "weight_scale" in module._buffers:  # RTN: the grid the fake-quantized weights lie on
+        scale = module.weight_scale.detach().float()
+        if spec is None or spec.symmetric:
+            return _signed_codes(w, scale, bits), scale, None, bits, "rtn_scale"
+        qmin, qmax = qrange(bits, False)  # asymmetric: the row minimum sits on code 0 (see primitives)
+        rows = w.reshape(out, scale.shape[1], -1) if scale.shape[0] == out else w.reshape(1, scale.shape[1], -1)
+        zp = torch.clamp(torch.round(-rows.amin(-1).clamp(max=0) / scale), qmin, qmax)
+        q = torch.clamp(torch.round(rows * (1.0 / scale[..., None])) + zp[..., None], qmin, qmax)
+        return q.reshape(w.shape).to(torch.uint8), scale, zp.to(torch.int32), bits, "rtn_scale"
+    # no grid recorded (e.g. weights folded by convert_qat_): the symmetric grid that reproduces them exactly
+    qmin, qmax = qrange(bits, True)
+    flat = w.reshape(out, -1)
+    scale = torch.maximum(flat.amin(1).clamp(max=0).abs() / -qmin, flat.amax(1).clamp(min=0) / qmax)
+    scale = scale.clamp(min=torch.finfo(torch.float32).eps).reshape(out, 1)
+    return _signed_codes(w, scale, bits), scale, None, bits, "recovered"
+
+
+def _act_grid(module: nn.Module) -> dict | None:
+    """The static per-tensor activation grid of a quantized map in the uint8 frame (signed grids shifted by 128)."""
+    quant = getattr(module, "input_quant", None)
+    if quant is None:
+        return None
+    if getattr(quant, "calibrating", False):
+        raise ValueError("an activation quantizer is still calibrating: run calibration (quantize_) first")
+    if hasattr(quant, "step"):  # LSQ activation step: symmetric signed codes
+        scale, zero_point, qmin, qmax = quant.step.detach().float().reshape(()), 0, quant.qmin, quant.qmax
+    else:
+        scale, zero_point, qmin, qmax = quant.scale.detach().float(), int(quant.zero_point), quant.qmin, quant.qmax
+    shift = 128 if qmin < 0 else 0
+    return {"scale": scale.clone(), "zero_point": zero_point + shift, "qmin": qmin + shift, "qmax": qmax + shift,
+            "bits": quant.bits}
+
+
+def _rotation(module: nn.Module) -> dict | None:
+    rot = getattr(module, "input_rotation", None)
+    return None if rot is None else {"channels": rot.channels, "dim": rot.dim}
+
+
+def map_kernel(entry: dict) -> str:
+    """The kernel an exported map runs on here: its planned one, or "dequant" where oneDNN int8 is unavailable."""
+    from .kernels import onednn_int8_available
+
+    return "onednn" if entry["kernel"] == "onednn" and onednn_int8_available() else "dequant"
+
+
+@torch.no_grad()
+def integer_tensors(model: nn.Module, spec: QuantSpec | MixedSpec | RankSpec | str | None, *,
+                    w_bits: dict[str, int] | None = None) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """Integer codes and quantization parameters of every in-scope map of a fake-quant `model` (not changed).
+
+    Returns (tensors, entries): tensors `{MAP}.weight_codes`, `.weight_scale`, `.weight_zero_point` (asymmetric
+    grids), `.act_scale` / `.act_zero_point` / `.act_range` (static activations, uint8 frame); one entry per map
+    with its path, tower, role, op, shape, bits, grid source, the kernel it runs on ("onednn": integer arithmetic;
+    "dequant": integer codes computed in float) and why it is not integer when it is not. `w_bits` gives each
+    map's weight bits for mixed precision. A rank spec (or None) has no integer maps."""
+    spec = parse_spec(spec) if isinstance(spec, str) else spec
+    if spec is None or isinstance(spec, RankSpec):
+        return {}, []
+    attention_surgery_(model)
+    towers = towers_of(spec.scope)
+    tensors: dict[str, torch.Tensor] = {}
+    entries: list[dict] = []
+    for lm in list_linear_maps(model):
+        if lm.tower not in towers:
+            continue
+        module = model.get_submodule(lm.name)
+        fake = getattr(module, "weight_fake_quantizer", None) is not None
+        if not (is_quantized(module) or fake):
+            raise ValueError(f"map {lm.name} is in the spec's scope but not quantized: quantize the model first")
+        bits = (w_bits or {}).get(lm.name, spec.w_bits if isinstance(spec, QuantSpec) else 8)
+        codes, scale, zp, bits, source = _weight_grid(module, bits, spec if isinstance(spec, QuantSpec) else None)
+        act = _act_grid(module)
+        conv = isinstance(module, nn.Conv2d)
+        probe = _make_map(module, codes, scale, zp, act, _rotation(module), "dequant", bits)
+        why = onednn_unsupported(probe)
+        if conv and module.padding_mode != "zeros":
+            why = f"padding mode {module.padding_mode!r}: oneDNN's int8 convolution pads with zeros"
+        if fake and act is None and spec.a_bits is not None:
+            why = ("torchao QAT quantizes activations dynamically per token: no static activation grid for an "
+                   "int8 kernel (activations stay float)")
+        kernel = "onednn" if why is None else "dequant"
+        op = "conv2d" if conv else "linear"
+        entry = {"name": lm.name, "tower": lm.tower, "role": lm.role, "op": op, "shape": list(lm.shape),
+                 "w_bits": bits, "a_bits": None if act is None else act["bits"],
+                 "weights": "per_channel" if scale.shape[1] == 1 and scale.shape[0] > 1 else
+                 ("per_tensor" if scale.shape[1] == 1 else "per_group"),
+                 "symmetric": zp is None, "grid": source, "rotation": _rotation(module),
+                 "integer_weights": True, "integer_arithmetic": kernel == "onednn", "kernel": kernel,
+                 "kernel_op": _KERNEL_NAMES[(op, kernel)], "why_float": why}
+        if conv:
+            entry["conv"] = {"stride": list(module.stride), "padding": list(module.padding)
+                             if not isinstance(module.padding, str) else module.padding,
+                             "dilation": list(module.dilation), "groups": module.groups}
+        entries.append(entry)
+        tensors[f"{lm.name}.weight_codes"] = codes.contiguous()
+        tensors[f"{lm.name}.weight_scale"] = scale.contiguous()
+        if zp is not None:
+            tensors[f"{lm.name}.weight_zero_point"] = zp.contiguous()
+        if act is not None:
+            tensors[f"{lm.name}.act_scale"] = act["scale"].reshape(1)
+            tensors[f"{lm.name}.act_zero_point"] = torch.tensor([act["zero_point"]], dtype=torch.int32)
+            tensors[f"{lm.name}.act_range"] = torch.tensor([act["qmin"], act["qmax"]], dtype=torch.int32)
+    return tensors, entries
+
+
+def _make_map(module: nn.Module, codes, scale, zp, act, rotation, kernel: str, bits: int) -> IntMap:
+    bias = None if module.bias is None else module.bias.detach()
+    kw = dict(codes=codes, scale=scale, zero_point=zp, bias=bias, act=act, rotation=rotation, kernel=kernel,
+              w_bits=bits)
+    if isinstance(module, nn.Conv2d):
+        if module.padding_mode != "zeros":
+            kw["kernel"] = "dequant"
+        return IntConv2d(stride=module.stride, padding=module.padding, dilation=module.dilation,
+                         groups=module.groups, **kw)
+    return IntLinear(**kw)
+
+
+@torch.no_grad()
+def build_integer_model_(model: nn.Module, entries: list[dict], tensors: dict[str, torch.Tensor], *,
+                         kernel: str | None = None) -> nn.Module:
+    """Swap the exported maps of a float `model` (the same architecture) for `IntLinear` / `IntConv2d` in place.
+
+    Biases come from the float model; codes and grids from `tensors`. `kernel` forces one kernel for every map
+    ("dequant": the fake-quant reference in float); by default each map runs its planned kernel (see
+    `map_kernel`). Raises ValueError when an entry does not fit the model."""
+    attention_surgery_(model)
+    for entry in entries:
+        name = entry["name"]
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"exported map {name} is not a module of this model") from None
+        if not isinstance(module, (nn.Linear, nn.Conv2d)) or list(module.weight.shape) != list(entry["shape"]):
+            raise ValueError(f"exported map {name} of shape {entry['shape']} does not fit the model's "
+                             f"{type(module).__name__} {tuple(getattr(module, 'weight', torch.empty(0)).shape)}")
+        missing = [k for k in ("weight_codes", "weight_scale") if f"{name}.{k}" not in tensors]
+        if missing:
+            raise ValueError(f"exported map {name} has no {missing[0]} tensor")
+        act = None
+        if f"{name}.act_scale" in tensors:
+            lo, hi = (int(v) for v in tensors[f"{name}.act_range"])
+            act = {"scale": tensors[f"{name}.act_scale"].reshape(()), "qmin": lo, "qmax": hi,
+                   "zero_point": int(tensors[f"{name}.act_zero_point"].reshape(()))}
+        codes = tensors[f"{name}.weight_codes"]
+        if list(codes.shape) != list(entry["shape"]):
+            raise ValueError(f"exported map {name}: codes of shape {tuple(codes.shape)}, expected {entry['shape']}")
+        run = kernel or map_kernel(entry)
+        int_map = _make_map(module, codes, tensors[f"{name}.weight_scale"], tensors.get(f"{name}.weight_zero_point"),
+                            act, entry.get("rotation"), run, int(entry["w_bits"]))
+        parent_name, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, leaf, int_map)
+    return model.eval()
 
 
 def int_config_for(spec: QuantSpec):

@@ -43,15 +43,16 @@ def test_fit_checkpoints_logs_and_exports(micro_dir, tmp_path):
     assert list((root / "wandb").glob("offline-run-*"))
     stock, _, _ = open_clip.create_model_and_transforms(f"local-dir:{root / 'export' / 'float'}")
     assert isinstance(stock, open_clip.CLIP)
-    from qclip.quant.export import load_int
-    from qclip.quant.spec import parse_spec
+    from qclip.quant.kernels import integer_maps
 
-    loaded = load_int(open_clip.create_model_and_transforms(f"local-dir:{micro_dir}")[0], parse_spec("w4a8"),
-                      root / "export" / "model_int.pt")
+    from qclip.io.models import load_model
+
+    # the integer model: export.json + int.safetensors over the float folder (see tests/test_export.py)
+    loaded = load_model(str(root / "export")).model
+    assert integer_maps(loaded) and (root / "export" / "export.json").is_file()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert loaded.encode_image(x).shape == (2, 32)
-    from qclip.io.models import load_model
 
     # self-describing checkpoint: the path alone rebuilds the fine-tuned weights, not the base model's
     tuned = load_model(str(root / "checkpoints" / "last.ckpt")).model.state_dict()

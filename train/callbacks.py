@@ -66,30 +66,28 @@ def _rank(k: float, name: str, pl_module) -> int:
 
 
 class ExportQAT(L.Callback):
-    """At the end of fit: fold the fake quantizers into a float open_clip folder (stock open_clip loads it) and,
-    for quantized runs, save torchao integer weights (`model_int.pt`, weights-only loadable)."""
+    """At the end of fit: write the run's export folder (`qclip.io.models.save_export_dir`, the layout `qclip export`
+    writes): `float/` (fake quantizers folded into float weights; stock open_clip loads it) and, for quantized runs,
+    the integer model (`int.safetensors`, the learned LSQ steps as its weight and activation grids) with
+    `export.json` listing every quantized map and its kernel; `load_model(EXPORT_DIR)` rebuilds it."""
 
     def __init__(self, dirpath: str | None = None, int_export: bool = True):
         self.dirpath, self.int_export = dirpath, int_export
 
     @rank_zero_only
     def on_fit_end(self, trainer, pl_module) -> None:
-        from qclip.quant.export import export_int_, save_int
-        from qclip.quant.qat import convert_qat_
         from qclip.quant.spec import parse_spec
 
-        from qclip.io.models import model_config, save_open_clip_dir
+        from qclip.io.models import model_config, save_export_dir
 
         out = Path(self.dirpath or Path(trainer.default_root_dir) / "export")
         model_cfg, preprocess_cfg = model_config(pl_module.hparams.model)
-        plain = convert_qat_(copy.deepcopy(pl_module.model).cpu().eval())
-        save_open_clip_dir(plain, model_cfg, out / "float", preprocess_cfg)
         spec_text = pl_module.hparams.quant
-        if self.int_export and spec_text:
-            spec = parse_spec(spec_text)
-            int_model = copy.deepcopy(pl_module.model).cpu().eval()
-            if pl_module.hparams.backend == "torchao":  # torchao fake quantizers: fold them first
-                int_model = convert_qat_(int_model)
-            export_int_(int_model, spec.with_(method="rtn") if spec.learns_scales else spec)
-            save_int(int_model, out / "model_int.pt")
-        print(f"qclip: exported {out / 'float'}" + (f" and {out / 'model_int.pt'}" if spec_text else ""))
+        spec = parse_spec(spec_text) if self.int_export and spec_text else None
+        source = {"model": pl_module.hparams.model, "pretrained": pl_module.hparams.pretrained, "quant": spec_text,
+                  "qat_backend": pl_module.hparams.backend, "global_step": trainer.global_step}
+        manifest = save_export_dir(copy.deepcopy(pl_module.model).cpu().eval(), spec, out, model_cfg=model_cfg,
+                                   preprocess_cfg=preprocess_cfg, source=source)
+        s = manifest["summary"]
+        print(f"qclip: exported {out / 'float'}" + (f" and the integer model ({s['integer_arithmetic']}/{s['maps']} "
+                                                    f"maps in integer arithmetic) in {out}" if s["maps"] else ""))

@@ -7,8 +7,8 @@ from importlib import import_module
 __all__ = ["COMMANDS", "command"]
 
 #: command name -> module (in `qclip --help` order)
-COMMANDS = {"eval": "eval", "spectrum": "spectrum", "ablate": "ablate", "pretrain-demo": "pretrain_demo",
-            "data": "data"}
+COMMANDS = {"eval": "eval", "spectrum": "spectrum", "ablate": "ablate", "export": "export", "bench": "bench",
+            "pretrain-demo": "pretrain_demo", "data": "data"}
 
 
 def command(name: str):

@@ -48,7 +48,7 @@ def add_parser(sub) -> None:
                     "the same config is already there)")
     ev.add_argument("--no-cache", action="store_true", help="recompute text classifiers and features")
     ev.add_argument("--out", required=True, help="JSON file to write")
-    add_runtime_args(ev)
+    add_runtime_args(ev, compile=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,6 +77,12 @@ def run(args: argparse.Namespace) -> int:
                       corruptions=corruptions, shift=args.shift, spurious=parse_pair(args.spurious),
                       limit=args.limit, ood_limit=args.ood_limit, seed=args.seed, bootstrap=args.bootstrap,
                       calib_batches=args.calib_batches, precision=args.precision)
+    if qspec is not None:
+        from qclip.io.models import export_dir_of
+
+        if export_dir_of(args.model) is not None:
+            raise QclipInputError(f"--model {args.model} is an export folder (already quantized): drop --quant, or "
+                                  "evaluate its source model with --quant")
     check_outputs(files={"--out": args.out, "--store": args.store})  # before any model or data is loaded
     if args.store and os.path.abspath(args.store) == os.path.abspath(args.out):
         raise QclipInputError(f"--store {args.store} and --out are the same file: give them different paths")
@@ -88,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
     device = device_of(args.device)
     suite = ReliabilitySuite(cfg, data_root=args.data_root, device=device, batch_size=args.batch_size,
                              num_workers=args.workers, progress=not args.no_progress, use_cache=not args.no_cache)
+    if args.compile:
+        _compile_variants(suite)
     if args.model == "demo":
         from qclip.train.demo import ensure_demo_model
 
@@ -101,3 +109,22 @@ def run(args: argparse.Namespace) -> int:
     print(f"{args.model}{'' if qspec is None else ' ' + str(qspec)} on {args.dataset} (n={record['n']}): "
           f"acc1={m['acc1']:.4f} acc5={m['acc5']:.4f} ece={m['ece']:.4f} -> {args.out}")
     return 0
+
+
+def _compile_variants(suite) -> None:
+    """Make `suite` compile the image tower of every model it evaluates (after quantizing: the quantized copy is
+    made from the eager model)."""
+    from qclip.evals.variants import compile_image_tower_
+
+    load, quantized = suite.load, suite.quantized
+
+    def compiled_load():
+        fp = load()
+        return fp if suite.cfg.quant else compile_image_tower_(fp)
+
+    def compiled_quantized(fp):
+        q, report = quantized(fp)
+        compile_image_tower_(fp)
+        return compile_image_tower_(q), report
+
+    suite.load, suite.quantized = compiled_load, compiled_quantized

@@ -61,8 +61,8 @@ def one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def add_runtime_args(p: argparse.ArgumentParser) -> None:
-    """--device, --precision, --batch-size, --workers, --no-progress."""
+def add_runtime_args(p: argparse.ArgumentParser, *, compile: bool = False) -> None:
+    """--device, --precision, --batch-size, --workers, --no-progress (and --compile when `compile`)."""
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
                    help="weights/compute precision; amp_bf16 = float32 weights, image tower under bfloat16 autocast")
@@ -70,6 +70,9 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=non_negative_int, default=2, help="DataLoader worker processes (0: read in "
                    "the main process)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    if compile:
+        p.add_argument("--compile", action="store_true",
+                       help="compile the image tower with torch.compile (int8 kernels for integer exports)")
 
 
 def check_outputs(*, files: dict[str, str | None] | None = None, dirs: dict[str, str | None] | None = None) -> None:

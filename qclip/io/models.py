@@ -31,7 +31,8 @@ from .errors import ModelLoadError
 from .paths import atomic_write_bytes, atomic_write_text
 
 __all__ = ["LoadedModel", "load_model", "read_state_dict", "load_state_dict_into", "save_open_clip_dir", "model_config",
-           "check_finite", "load_error_reason", "CHECKPOINT_SUFFIXES"]
+           "check_finite", "load_error_reason", "CHECKPOINT_SUFFIXES", "EXPORT_MANIFEST", "INT_WEIGHTS_FILE",
+           "export_dir_of", "save_export_dir", "load_export_dir", "read_export_manifest"]
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 _PREFIXES = ("", "module.", "model.", "model.module.", "_orig_mod.", "model._orig_mod.")
@@ -184,6 +185,12 @@ def load_model(name: str, pretrained: str | None = None, device: str | torch.dev
     register_model_configs()
     if precision.startswith("amp"):
         precision = "fp32"  # autocast precisions keep float32 weights (see evals.zeroshot.extract_image_features)
+    export = export_dir_of(name)
+    if export is not None:
+        if pretrained:
+            raise ModelLoadError(f"--pretrained cannot be combined with the export folder {export} (it holds the "
+                                 "weights)")
+        return load_export_dir(export, device, precision)
     file_weights: Path | None = None
     if name == "demo":
         folder = demo_dir()
@@ -237,6 +244,9 @@ def model_config(name: str) -> tuple[dict, dict]:
     register_model_configs()
     if name == "demo":
         name = f"local-dir:{demo_dir()}"
+    export = export_dir_of(name)
+    if export is not None:
+        name = f"local-dir:{export / FLOAT_DIR}"
     if name.startswith("local-dir:"):
         cfg = json.loads((Path(name[len("local-dir:"):]) / CONFIG_FILE).read_text())
         return cfg.get("model_cfg", cfg), cfg.get("preprocess_cfg", {})
@@ -260,3 +270,136 @@ def save_open_clip_dir(model: nn.Module, model_cfg: dict, folder: str | os.PathL
     config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg or {}}
     atomic_write_text(folder / CONFIG_FILE, json.dumps(config, indent=2))
     return folder
+
+
+# ----------------------------------------------------------------------------------------------- export folders
+#: An export folder (`qclip export`, `qclip fit`'s `export/`): `float/` (a stock open_clip folder, fake quantizers
+#: folded into float weights), `int.safetensors` (integer codes and grids) and this manifest, written last.
+EXPORT_MANIFEST = "export.json"
+INT_WEIGHTS_FILE = "int.safetensors"
+FLOAT_DIR = "float"
+
+
+def export_dir_of(name: str) -> Path | None:
+    """The export folder a model name points at (a folder path or `local-dir:PATH` holding `export.json`), or None."""
+    if not isinstance(name, str) or name == "demo" or name.startswith("hf-hub:"):
+        return None
+    folder = Path(name[len("local-dir:"):] if name.startswith("local-dir:") else name)
+    return folder if (folder / EXPORT_MANIFEST).is_file() else None
+
+
+def save_export_dir(model: nn.Module, spec, folder: str | os.PathLike, *, model_cfg: dict,
+                    preprocess_cfg: dict | None = None, source: dict | None = None,
+                    w_bits: dict[str, int] | None = None) -> dict:
+    """Write an export folder from a fake-quant `model` (not changed) and its spec (None: float only); return the
+    manifest. `float/` loads in stock open_clip, `int.safetensors` + `export.json` rebuild the integer model
+    (`load_model(FOLDER)`); the manifest lists every quantized map, its kernel, and why when it is not integer."""
+    import copy
+
+    from safetensors.torch import save
+
+    from qclip.quant.export import EXPORT_FORMAT, integer_tensors
+    from qclip.quant.kernels import cpu_int8_vnni, onednn_int8_available
+    from qclip.quant.qat import convert_qat_
+    from qclip.quant.spec import parse_spec
+    from qclip.quant.surgery import list_linear_maps
+
+    from .results import versions
+
+    spec = parse_spec(spec) if isinstance(spec, str) else spec
+    folder = Path(folder)
+    work = copy.deepcopy(model).cpu().eval()
+    tensors, entries = integer_tensors(work, spec, w_bits=w_bits)
+    plain = convert_qat_(work)
+    save_open_clip_dir(plain, model_cfg, folder / FLOAT_DIR, preprocess_cfg)
+    int_file = folder / INT_WEIGHTS_FILE
+    if tensors:
+        atomic_write_bytes(int_file, save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}))
+    elif int_file.exists():
+        int_file.unlink()  # a stale one from an earlier export into this folder
+    all_maps = list_linear_maps(plain)
+    summary: dict = {"maps": len(entries), "integer_arithmetic": sum(e["integer_arithmetic"] for e in entries)}
+    summary["dequantized"] = summary["maps"] - summary["integer_arithmetic"]
+    summary["by_tower"] = {t: {"total_maps": sum(m.tower == t for m in all_maps),
+                               "quantized": sum(e["tower"] == t for e in entries),
+                               "integer_arithmetic": sum(e["tower"] == t and e["integer_arithmetic"] for e in entries)}
+                           for t in ("vision", "text")}
+    summary["by_op"] = {op: {"quantized": sum(e["op"] == op for e in entries),
+                             "integer_arithmetic": sum(e["op"] == op and e["integer_arithmetic"] for e in entries)}
+                        for op in ("linear", "conv2d")}
+    vnni = cpu_int8_vnni()
+    notes = []
+    if vnni is False and any(e["kernel"] == "onednn" and e["w_bits"] >= 8 for e in entries):
+        notes.append("this CPU has no VNNI: oneDNN's int8 kernels sum u8 x s8 pairs in saturating int16, so maps "
+                     "with 8-bit weights and full-range 8-bit activations lose precision here (weights of 7 bits "
+                     "or fewer never saturate)")
+    manifest = {"format": EXPORT_FORMAT, "spec": None if spec is None else str(spec), "source": source or {},
+                "float": FLOAT_DIR, "int_weights": INT_WEIGHTS_FILE if tensors else None, "summary": summary,
+                "maps": entries,
+                "exported_on": {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "vnni": vnni,
+                                "onednn_int8": onednn_int8_available()},
+                "notes": notes, "versions": versions()}
+    atomic_write_text(folder / EXPORT_MANIFEST, json.dumps(manifest, indent=2, allow_nan=False) + "\n")
+    return manifest
+
+
+def read_export_manifest(folder: str | os.PathLike) -> dict:
+    """The manifest of an export folder (`ModelLoadError` when it is missing, unreadable or of another format)."""
+    from qclip.quant.export import EXPORT_FORMAT
+
+    path = Path(folder) / EXPORT_MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"cannot read export manifest {path}: {load_error_reason(exc)}") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != EXPORT_FORMAT:
+        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise ModelLoadError(f"{path} is not a {EXPORT_FORMAT} manifest (format {got!r})")
+    if not isinstance(manifest.get("maps"), list) or not all(isinstance(e, dict) for e in manifest["maps"]):
+        raise ModelLoadError(f"{path}: 'maps' must be a list of map entries")
+    return manifest
+
+
+_WARNED_VNNI = False
+
+
+def load_export_dir(folder: str | os.PathLike, device: str | torch.device = "cpu", precision: str = "fp32", *,
+                    kernel: str | None = None) -> LoadedModel:
+    """The integer model of an export folder: its float model with every exported map rebuilt from integer codes.
+
+    `kernel="dequant"` rebuilds the fake-quant reference instead (same grids, float arithmetic). Maps planned for
+    oneDNN run on the CPU only."""
+    global _WARNED_VNNI
+    from qclip.quant.export import build_integer_model_, map_kernel
+    from qclip.quant.kernels import cpu_int8_vnni
+
+    folder = Path(folder)
+    manifest = read_export_manifest(folder)
+    if precision.startswith("amp"):
+        precision = "fp32"
+    if precision != "fp32":
+        raise ModelLoadError(f"export folder {folder}: runs in float32 around its integer maps, not {precision}")
+    entries = manifest["maps"]
+    loaded = load_model(f"local-dir:{folder / FLOAT_DIR}")
+    if entries:
+        from safetensors.torch import load_file
+
+        path = folder / INT_WEIGHTS_FILE
+        _check_file(path)
+        try:
+            tensors = load_file(str(path), device="cpu")
+        except Exception as exc:  # safetensors raises its own SafetensorError
+            raise ModelLoadError(f"cannot read {path}: {load_error_reason(exc)}") from exc
+        try:
+            build_integer_model_(loaded.model, entries, tensors, kernel=kernel)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ModelLoadError(f"export folder {folder} does not fit its float model: {exc}") from exc
+    onednn = [e for e in entries if (kernel or map_kernel(e)) == "onednn"]
+    if onednn and torch.device(device).type != "cpu":
+        raise ModelLoadError(f"export folder {folder} runs {len(onednn)} maps on oneDNN's CPU int8 kernels: use "
+                             "--device cpu")
+    if onednn and any(e["w_bits"] >= 8 for e in onednn) and cpu_int8_vnni() is False and not _WARNED_VNNI:
+        _WARNED_VNNI = True
+        log.warning("this CPU has no VNNI: oneDNN's int8 kernels saturate int16 partial sums of 8-bit weights x "
+                    "8-bit activations (about 1% relative error per map on random data)")
+    return LoadedModel(loaded.model.to(device).eval(), loaded.preprocess, loaded.tokenizer)
