@@ -42,6 +42,38 @@ def test_replaced_shard_is_not_served_from_the_cache(tmp_path, micro_model):
     assert torch.equal(again, fresh)
 
 
+class _CountingTower(torch.nn.Module):
+    """A model wrapper that counts the images its image tower forwards."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.images = model, 0
+
+    def encode_image(self, x):
+        self.images += x.shape[0]
+        return self.model.encode_image(x)
+
+
+def test_clean_features_are_shared_across_seeds_and_corrupted_ones_are_not(tmp_path, micro_model, monkeypatch):
+    monkeypatch.setenv("QCLIP_CACHE_DIR", str(tmp_path / "cache"))
+    folder = build_dataset(tmp_path / "root", SYNTHETIC["pacs_photo"])
+    spec = resolve_dataset("wds/" + folder.name.removeprefix("wds_"), folder.parent, "test")
+    model = _CountingTower(micro_model.model.eval())
+    kw = dict(model_key="m", num_workers=0, progress=False, limit=16, batch_size=8)
+    got = {}
+    for corruption in (None, ("gaussian_noise", 3)):
+        for seed in (0, 1):
+            before = model.images
+            got[corruption, seed] = dataset_features(model, micro_model.preprocess, spec, corruption=corruption,
+                                                     seed=seed, **kw)[0]
+            got[corruption, seed, "forwarded"] = model.images - before
+    clean, noisy = None, ("gaussian_noise", 3)
+    assert got[clean, 0, "forwarded"] == 16 and got[clean, 1, "forwarded"] == 0  # seed 1 reads seed 0's entry
+    assert torch.equal(got[clean, 0], got[clean, 1])
+    assert got[noisy, 0, "forwarded"] == got[noisy, 1, "forwarded"] == 16  # other noise, other features
+    assert not torch.equal(got[noisy, 0], got[noisy, 1])
+
+
 def test_shard_fingerprints_follow_bytes_not_paths(tmp_path):
     a, b = _two_sets(tmp_path)
     fa, fb = shard_fingerprints([str(a / "test" / "0.tar")]), shard_fingerprints([str(b / "test" / "0.tar")])
