@@ -85,6 +85,8 @@ def _expected_calib(cfg, spec: str, passes: int) -> int:
     # in the text tower
     ("demo.yaml", [("fp", 0), ("w6a8", 1), ("w8a8-smoothquant", 1), ("w8a8-smoothquant-vt", 2), ("mp5", 1),
                    ("rank-e0.9", 0)]),
+    # integer cells reuse the fake-quant model their quant cell just calibrated
+    ("demo_integer.yaml", [("fp", 0), ("w8a8", 1), ("int:w8a8", 0), ("w8a7", 1), ("int:w8a7", 0)]),
 ])
 def test_dry_run_of_the_shipped_grids(empty_root, capsys, config, checks):
     path = CONFIGS / config
@@ -95,13 +97,19 @@ def test_dry_run_of_the_shipped_grids(empty_root, capsys, config, checks):
     assert plan["cells_in_shard"] == plan["grid_cells"] == len(cells) and plan["shared"] == []
     assert plan["variants"] == len({(c.model, c.pretrained, c.variant) for c in cells})
     known, unknown = _expected_eval(cfg)
+    corrupted = _limited(cfg.dataset, cfg.limit) * len(set(cfg.corruptions))
+    no_cache = {(c["spec"], c["seed"]): c for c in _dry_run(capsys, "--config", str(path), "--no-cache")["cells"]}
     rows = {(c["spec"], c["seed"]): c for c in plan["cells"]}
     for variant, passes in checks:
-        row = rows[(variant, cfg.seeds[-1])]
         calib = _expected_calib(cfg, variant, passes) if passes else 0
-        assert row["images"] == known + calib, (variant, row["forwards"])
-        assert row["unknown_sets"] == unknown
-        assert sum(f["images"] for f in row["forwards"] if f["role"] == "calibration") == calib
+        for seed in cfg.seeds:
+            # every set for the first seed (and for every seed without the cache); later seeds read the clean
+            # sets' features from the cache and forward only their corrupted copies and calibration
+            for table, first in ((rows, seed == cfg.seeds[0]), (no_cache, True)):
+                row = table[(variant, seed)]
+                assert row["images"] == (known if first else corrupted) + calib, (variant, seed, row["forwards"])
+                assert row["unknown_sets"] == (unknown if first else 0)
+                assert sum(f["images"] for f in row["forwards"] if f["role"] == "calibration") == calib
     assert plan["total"]["images"] == sum(c["images"] for c in plan["cells"])
     assert plan["total"]["unknown_sets"] == sum(c["unknown_sets"] for c in plan["cells"])
     for dataset in plan["datasets"]:  # every name resolved, none read
@@ -118,8 +126,11 @@ def test_the_table_lists_every_cell_and_the_total(empty_root, capsys):
     out = capsys.readouterr().out
     for cell in expand_cells(load_grid(path)):
         assert f"  {cell.id} " in out
-    known, _ = _expected_eval(load_grid(path))
-    assert f"total: {78 * known + 3 * (12 * 1024 + 6 * 2048):,} image forward passes over 78 cells" in out
+    cfg = load_grid(path)
+    known, _ = _expected_eval(cfg)
+    corrupted = _limited(cfg.dataset, cfg.limit) * len(cfg.corruptions)  # seeds 1 and 2: clean sets from the cache
+    total = 26 * known + 2 * 26 * corrupted + 3 * (12 * 1024 + 6 * 2048)
+    assert f"total: {total:,} image forward passes over 78 cells" in out
     assert "26 distinct (model, spec) variants" in out
 
 

@@ -108,7 +108,8 @@ def _dry_run(args: argparse.Namespace, cfg, shard: tuple[int, int]) -> int:
         raise ConfigError("ablate: --dry-run and --merge cannot be combined")
     if args.out is not None:
         check_outputs(dirs={"--out": args.out})
-    plan = plan_grid(cfg, shard=shard, data_root=grid_data_root(cfg, args.data_root), config=args.config)
+    plan = plan_grid(cfg, shard=shard, data_root=grid_data_root(cfg, args.data_root), config=args.config,
+                     use_cache=not args.no_cache)
     text = json.dumps(plan_json(plan), indent=1)
     if args.out is not None:
         atomic_write_text(os.path.join(args.out, "plan.json"), text + "\n")

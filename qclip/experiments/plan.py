@@ -4,8 +4,10 @@ spends them.
 
 How a real run forwards images (with an empty feature cache): one `ReliabilitySuite` per (model, seed) extracts the
 features of each (model variant, dataset, limit, corruption) once; the FP reference's features are extracted for the
-seed's FP cell and reused by every other cell of that seed. The seed is part of every feature-cache key (it seeds
-the corruption noise), so each seed forwards every set again. A variant forwards the ID test set (`limit`), one
+seed's FP cell and reused by every other cell of that seed. The seed keys only corrupted features (it seeds the
+corruption noise): with the feature cache on, a variant's later seeds read its clean-set features from the cache and
+forward their corrupted copies (and calibration) only; with `--no-cache` every seed forwards every set again (the
+variants are the same for every seed: calibration takes the first ID images). A variant forwards the ID test set (`limit`), one
 corrupted copy of it per corruption, each OOD / shift / spurious set (`ood_limit`; a set named twice with the same
 limit is forwarded once), and, when its spec calibrates, `calib_batches` x 64 images of the ID set's train split
 (its test split when it has none) per calibration pass: one for activation quantization and one more for
@@ -235,7 +237,9 @@ def _model_name(cell: Cell) -> str:
 def _cell_plan(cfg: GridConfig, cell: Cell, evals: tuple[Forwards, ...], id_set: DatasetPlan) -> CellPlan:
     calib = calibration_forwards(cfg, cell, id_set)
     forwards = evals + ((calib,) if calib is not None else ())
-    note = "FP reference: its features serve every cell of this seed" if cell.kind == "fp" else ""
+    note = {"fp": "FP reference: its features serve every cell of this seed",
+            "int": "integer kernels on the CPU; reuses its quant cell's calibrated model when that cell ran just "
+                   "before it in the same process (else calibrates again)"}.get(cell.kind, "")
     return CellPlan(cell.id, _model_name(cell), cell.variant, cell.seed, cell.kind, forwards, note)
 
 
@@ -254,17 +258,36 @@ def _shared_fp(cells: list[Cell], all_cells: list[Cell], evals: tuple[Forwards, 
     return tuple(out)
 
 
+def _reuse_clean_features(cells: list[Cell], rows: list[CellPlan]) -> list[CellPlan]:
+    """Later seeds of a variant read its clean-set features from the cache the first seed filled (the seed only
+    draws corruption noise): they forward their corrupted copies and calibration only."""
+    first: dict[tuple, int] = {}
+    out = []
+    for cell, row in zip(cells, rows):
+        variant = (cell.model, cell.pretrained, cell.variant)
+        if variant in first:
+            kept = tuple(f for f in row.forwards if f.role in ("corruption", "calibration"))
+            note = f"clean sets: the cached features of seed {first[variant]}"
+            row = replace(row, forwards=kept, note=f"{row.note}; {note}" if row.note else note)
+        else:
+            first[variant] = cell.seed
+        out.append(row)
+    return out
+
+
 def plan_grid(cfg: GridConfig, *, shard: tuple[int, int] = (1, 1), data_root: str | None = None,
-              config: str | None = None) -> GridPlan:
-    """The dry run of a grid shard: datasets resolved, cells expanded with their forward passes. Reads no data and
-    loads no model."""
+              config: str | None = None, use_cache: bool = True) -> GridPlan:
+    """The dry run of a grid shard: datasets resolved, cells expanded with their forward passes (`use_cache`: the
+    run keeps the feature cache, so later seeds reuse clean-set features). Reads no data and loads no model."""
     datasets = plan_datasets(cfg, data_root)
     by_name = {d.name: d for d in datasets}
     all_cells = expand_cells(cfg)
     cells = shard_cells(all_cells, *shard)
     evals = eval_forwards(cfg, by_name)
-    rows = tuple(_cell_plan(cfg, c, evals, by_name[cfg.dataset]) for c in cells)
-    return GridPlan(cfg.name, config, shard, root_description(data_root), datasets, rows,
+    rows = [_cell_plan(cfg, c, evals, by_name[cfg.dataset]) for c in cells]
+    if use_cache:
+        rows = _reuse_clean_features(cells, rows)
+    return GridPlan(cfg.name, config, shard, root_description(data_root), datasets, tuple(rows),
                     _shared_fp(cells, all_cells, evals, shard), len(all_cells),
                     len({(c.model, c.pretrained, c.variant) for c in cells}))
 
@@ -296,8 +319,8 @@ def _dataset_lines(plan: GridPlan) -> list[str]:
 
 
 _NOTES = ("counted for an empty feature cache; image-tower passes only (text prompts are not counted)",
-          "FP features serve every variant of their seed; each seed forwards every set again (the seed keys the "
-          "feature cache and the corruption noise)",
+          "FP features serve every variant of their seed; later seeds forward corrupted copies (the seed draws their "
+          "noise) and calibration only, reading clean-set features from the cache (--no-cache: every set again)",
           "calib: calib_batches x 64 ID images per calibration pass (activation observers; SmoothQuant adds one)",
           "'<=': a limit on a set of unknown size; '+?': a set of unknown size and no limit")
 
