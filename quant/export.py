@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .api import convert_to_float_, towers_of
-from .kernels import IntConv2d, IntLinear, IntMap, onednn_unsupported
+from .kernels import IntConv2d, IntLinear, IntMap, int16_safe, onednn_unsupported
 from .modules import is_quantized, weight_grid_scale
 from .primitives import qrange
 from .spec import MixedSpec, QuantSpec, RankSpec, parse_spec
@@ -72,7 +72,8 @@ def _weight_grid(module: nn.Module, bits: int, spec: QuantSpec | None) -> tuple[
 
 
 def _act_grid(module: nn.Module) -> dict | None:
-    """The static per-tensor activation grid of a quantized map in the uint8 frame (signed grids shifted by 128)."""
+    """The static per-tensor activation grid of a quantized map in the uint8 frame (signed grids shifted by -qmin, so
+    codes start at 0: a 7-bit grid's codes stay in [0, 127], which oneDNN's int16 pair sums never saturate)."""
     quant = getattr(module, "input_quant", None)
     if quant is None:
         return None
@@ -82,7 +83,7 @@ def _act_grid(module: nn.Module) -> dict | None:
         scale, zero_point, qmin, qmax = quant.step.detach().float().reshape(()), 0, quant.qmin, quant.qmax
     else:
         scale, zero_point, qmin, qmax = quant.scale.detach().float(), int(quant.zero_point), quant.qmin, quant.qmax
-    shift = 128 if qmin < 0 else 0
+    shift = -qmin if qmin < 0 else 0
     return {"scale": scale.clone(), "zero_point": zero_point + shift, "qmin": qmin + shift, "qmax": qmax + shift,
             "bits": quant.bits}
 
@@ -107,7 +108,8 @@ def integer_tensors(model: nn.Module, spec: QuantSpec | MixedSpec | RankSpec | s
     Returns (tensors, entries): tensors `{MAP}.weight_codes`, `.weight_scale`, `.weight_zero_point` (asymmetric
     grids), `.act_scale` / `.act_zero_point` / `.act_range` (static activations, uint8 frame); one entry per map
     with its path, tower, role, op, shape, bits, grid source, the kernel it runs on ("onednn": integer arithmetic;
-    "dequant": integer codes computed in float) and why it is not integer when it is not. `w_bits` gives each
+    "dequant": integer codes computed in float), why it is not integer when it is not, and whether its oneDNN sums
+    are exact on CPUs without VNNI too (`int16_safe`). `w_bits` gives each
     map's weight bits for mixed precision. A rank spec (or None) has no integer maps."""
     spec = parse_spec(spec) if isinstance(spec, str) else spec
     if spec is None or isinstance(spec, RankSpec):
@@ -142,7 +144,8 @@ def integer_tensors(model: nn.Module, spec: QuantSpec | MixedSpec | RankSpec | s
                  ("per_tensor" if scale.shape[1] == 1 else "per_group"),
                  "symmetric": zp is None, "grid": source, "rotation": _rotation(module),
                  "integer_weights": True, "integer_arithmetic": kernel == "onednn", "kernel": kernel,
-                 "kernel_op": _KERNEL_NAMES[(op, kernel)], "why_float": why}
+                 "kernel_op": _KERNEL_NAMES[(op, kernel)], "why_float": why,
+                 "int16_safe": None if kernel != "onednn" else int16_safe(act["qmax"], codes)}
         if conv:
             entry["conv"] = {"stride": list(module.stride), "padding": list(module.padding)
                              if not isinstance(module.padding, str) else module.padding,

@@ -9,8 +9,11 @@ code range) and an optional input rotation. Two kernels compute the same functio
   PT2E-quantized graphs to) multiply them with the int8 weight codes, accumulating in int32. Needs symmetric
   per-channel (or per-tensor) weights and quantized activations. On CPUs without VNNI, oneDNN multiplies
   u8 x s8 pairs into saturating int16 sums, so 8-bit weights with full-range 8-bit activations lose precision
-  (measured ~1% relative error per map on random data; weights of 7 bits or fewer never saturate); torchao's
-  X86 quantizer offers `reduce_range` (7-bit activations) for such CPUs for the same reason.
+  (measured ~1% relative error per map on random data). A pair sum stays exact when the largest activation code
+  times twice the largest weight magnitude fits int16 (`int16_safe`): weights of 7 bits or fewer, or activations of
+  7 bits or fewer (codes in [0, 127]; e.g. the spec `w8a7`), never saturate. torchao's X86 quantizer offers
+  `reduce_range` (7-bit activations) for such CPUs for the same reason; here the 7 bits are chosen in the spec, so
+  the fake-quant model that was measured is the one the integer kernels compute.
 - `"dequant"`: the reference: the input is fake-quantized on the same grid and the codes are dequantized to a
   float weight, so the map computes exactly what the fake-quant model did, in float (also the fallback for grids
   oneDNN cannot run: per-group scales, asymmetric weights, weight-only specs).
@@ -31,7 +34,7 @@ from torch import nn
 from .rotation import HadamardRotation
 
 __all__ = ["KERNELS", "IntLinear", "IntConv2d", "IntMap", "onednn_int8_available", "cpu_int8_vnni", "prepack_",
-           "integer_maps"]
+           "integer_maps", "int16_safe"]
 
 KERNELS = ("onednn", "dequant")
 
@@ -192,6 +195,11 @@ def onednn_unsupported(m: IntMap) -> str | None:
     if not onednn_int8_available():
         return "this torch build has no oneDNN int8 kernels"
     return None
+
+
+def int16_safe(act_qmax: int, weight_codes: torch.Tensor) -> bool:
+    """Whether u8 x s8 pair sums of these codes fit int16 (exact on CPUs without VNNI): qmax · 2 · max|w| ≤ 32767."""
+    return act_qmax * 2 * int(weight_codes.to(torch.int32).abs().max()) <= 32767
 
 
 class IntLinear(IntMap):

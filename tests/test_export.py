@@ -120,19 +120,31 @@ def test_w8a8_export_covers_every_map_with_int8_kernels(vit_w8a8, micro_dir, wds
     ref = image_features(load_export_dir(vit_w8a8, kernel="dequant").model)
     assert rel_error(ref, fq) < 1e-5
     assert cosine_ok(image_features(loaded.model), fq)
+    # 8-bit weights x full-range 8-bit activation codes can saturate int16 without VNNI; the manifest says so
+    assert all(e["int16_safe"] is False for e in manifest["maps"])
     if cpu_int8_vnni() is False:
-        assert manifest["notes"] and "VNNI" in manifest["notes"][0]
+        assert manifest["notes"] and "VNNI" in manifest["notes"][0] and "w8a7" in manifest["notes"][0]
 
 
-def test_low_bit_integer_model_equals_fake_quant_and_weight_only_float_folder(micro_dir, wds_root, tmp_path):
-    # w4a8: 4-bit codes never saturate, so int8 arithmetic reproduces the fake-quant model to float rounding
-    out = tmp_path / "w4a8"
-    assert export(f"local-dir:{micro_dir}", out, "w4a8", wds_root) == 0
-    fq = image_features(fake_quant(f"local-dir:{micro_dir}", "w4a8", wds_root))
+@pytest.mark.parametrize("quant", ["w4a8", "w8a7"])
+def test_int16_safe_integer_model_equals_fake_quant(micro_dir, wds_root, tmp_path, quant):
+    # 4-bit weights, or 7-bit activations (codes in [0, 127]), never saturate oneDNN's int16 pair sums on a CPU
+    # without VNNI, so int8 arithmetic reproduces the fake-quant model to float rounding on any x86 CPU
+    out = tmp_path / quant
+    assert export(f"local-dir:{micro_dir}", out, quant, wds_root) == 0
+    manifest = json.loads((out / "export.json").read_text())
+    assert all(e["int16_safe"] is True for e in manifest["maps"]) and not manifest["notes"]
+    if quant == "w8a7":  # 7-bit grids in the uint8 frame (signed ones shifted by -qmin = 64): codes 0..127
+        tensors = load_file(str(out / "int.safetensors"))
+        assert all(tensors[f"{e['name']}.act_range"].tolist() == [0, 127] for e in manifest["maps"])
+    fq = image_features(fake_quant(f"local-dir:{micro_dir}", quant, wds_root))
     model = load_model(str(out)).model
     errors = per_map_errors(model)
     assert len(errors) == 14 and max(errors.values()) < 1e-5, errors
     assert cosine_ok(image_features(model), fq)
+
+
+def test_weight_only_and_per_group_exports_are_dequantized(micro_dir, wds_root, tmp_path):
     # weight-only: no integer GEMM (float activations); stock open_clip on the float folder = fake-quant model
     out = tmp_path / "w4"
     assert export(f"local-dir:{micro_dir}", out, "w4", wds_root) == 0

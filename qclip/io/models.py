@@ -329,10 +329,11 @@ def save_export_dir(model: nn.Module, spec, folder: str | os.PathLike, *, model_
                         for op in ("linear", "conv2d")}
     vnni = cpu_int8_vnni()
     notes = []
-    if vnni is False and any(e["kernel"] == "onednn" and e["w_bits"] >= 8 for e in entries):
-        notes.append("this CPU has no VNNI: oneDNN's int8 kernels sum u8 x s8 pairs in saturating int16, so maps "
-                     "with 8-bit weights and full-range 8-bit activations lose precision here (weights of 7 bits "
-                     "or fewer never saturate)")
+    unsafe = _int16_unsafe(entries)
+    if vnni is False and unsafe:
+        notes.append(f"this CPU has no VNNI: oneDNN's int8 kernels sum u8 x s8 pairs in saturating int16, so "
+                     f"{len(unsafe)} maps with 8-bit weights and full-range 8-bit activations lose precision here; "
+                     "7-bit activations (e.g. --quant w8a7) or weights never saturate")
     manifest = {"format": EXPORT_FORMAT, "spec": None if spec is None else str(spec), "source": source or {},
                 "float": FLOAT_DIR, "int_weights": INT_WEIGHTS_FILE if tensors else None, "summary": summary,
                 "maps": entries,
@@ -361,6 +362,12 @@ def read_export_manifest(folder: str | os.PathLike) -> dict:
 
 
 _WARNED_VNNI = False
+
+
+def _int16_unsafe(entries: list[dict]) -> list[dict]:
+    """The oneDNN maps whose u8 x s8 pair sums can saturate int16 on a CPU without VNNI (see `int16_safe`); an
+    older manifest without the field counts maps with 8-bit weights."""
+    return [e for e in entries if e["kernel"] == "onednn" and not e.get("int16_safe", e["w_bits"] <= 7)]
 
 
 def load_export_dir(folder: str | os.PathLike, device: str | torch.device = "cpu", precision: str = "fp32", *,
@@ -398,8 +405,10 @@ def load_export_dir(folder: str | os.PathLike, device: str | torch.device = "cpu
     if onednn and torch.device(device).type != "cpu":
         raise ModelLoadError(f"export folder {folder} runs {len(onednn)} maps on oneDNN's CPU int8 kernels: use "
                              "--device cpu")
-    if onednn and any(e["w_bits"] >= 8 for e in onednn) and cpu_int8_vnni() is False and not _WARNED_VNNI:
+    unsafe = _int16_unsafe(onednn)
+    if unsafe and cpu_int8_vnni() is False and not _WARNED_VNNI:
         _WARNED_VNNI = True
-        log.warning("this CPU has no VNNI: oneDNN's int8 kernels saturate int16 partial sums of 8-bit weights x "
-                    "8-bit activations (about 1% relative error per map on random data)")
+        log.warning(f"this CPU has no VNNI: oneDNN's int8 kernels saturate int16 partial sums of 8-bit weights x "
+                    f"8-bit activations in {len(unsafe)} maps (about 1% relative error per map on random data); "
+                    "export with 7-bit activations (e.g. w8a7) for exact integer sums here")
     return LoadedModel(loaded.model.to(device).eval(), loaded.preprocess, loaded.tokenizer)
