@@ -71,7 +71,7 @@ def main() -> None:
             variant, report = _quantize(suite, fp, spec)
             avg[name] = report.get("avg_bits", budget)
             outs[name] = outputs(suite, variant)
-            suite.release(keep_key=model_fingerprint(fp.model))
+            suite.release(model_fingerprint(fp.model))
         rows = {f"spectral − {other}": compare(outs["spectral"], outs[other], args.n_boot)
                 for other in specs if other != "spectral"}
         metrics = list(next(iter(rows.values())))

@@ -206,9 +206,9 @@ class ReliabilitySuite:
         """ID features and labels of a model variant (shared with `evaluate` through the run's memo)."""
         return self.features(loaded, key or model_fingerprint(loaded.model), self.id_spec, self.cfg.limit)
 
-    def release(self, keep_key: str | None = None) -> None:
-        """Drop memoised features of every model but the one fingerprinted `keep_key` (e.g. the FP reference)."""
-        self._memo = {k: v for k, v in self._memo.items() if k[0] == keep_key}
+    def release(self, *keep_keys: str | None) -> None:
+        """Drop memoised features of every model but those fingerprinted `keep_keys` (e.g. the FP reference)."""
+        self._memo = {k: v for k, v in self._memo.items() if k[0] in keep_keys}
 
     @torch.no_grad()
     def set_logits(self, loaded: LoadedModel, key: str | None = None) -> dict:

@@ -13,7 +13,8 @@ from qclip.io.data import DatasetSpec
 from qclip.io.models import LoadedModel
 from qclip.io.records import QuantSummary
 
-__all__ = ["make_calibrator", "parse_quant_arg", "quantize_loaded", "needs_calibration", "compile_image_tower_"]
+__all__ = ["make_calibrator", "parse_quant_arg", "quantize_loaded", "needs_calibration", "compile_image_tower_",
+           "integer_loaded"]
 
 
 def make_calibrator(loaded: LoadedModel, spec: DatasetSpec, *, batches: int = 8, batch_size: int = 64,
@@ -85,6 +86,29 @@ def quantize_loaded(fp: LoadedModel, spec_text: str, dataset: DatasetSpec | None
     if getattr(report, "bits", None):
         summary["bits"], summary["avg_bits"] = report.bits, report.avg_bits
     return loaded, summary
+
+
+def integer_loaded(fq: LoadedModel, spec_text: str, *, w_bits: dict[str, int] | None = None
+                   ) -> tuple[LoadedModel, QuantSummary]:
+    """The integer model of a fake-quant model (`fq`, not changed), on the CPU, as `qclip export` would rebuild it:
+    every quantized map from its integer codes and grids, on oneDNN int8 kernels where they run (see
+    `qclip.quant.export`); with the export summary (maps, integer-arithmetic maps, maps exact without VNNI)."""
+    import copy
+
+    from qclip.quant.export import build_integer_model_, integer_tensors
+    from qclip.quant.kernels import cpu_int8_vnni
+    from qclip.quant.qat import convert_qat_
+
+    spec = parse_quant_arg(spec_text)
+    work = copy.deepcopy(fq.model).cpu().eval()
+    tensors, entries = integer_tensors(work, spec, w_bits=w_bits)
+    model = build_integer_model_(convert_qat_(work), entries, tensors)
+    n_int = sum(e["kernel"] == "onednn" for e in entries)
+    summary: QuantSummary = {"spec": f"int:{spec}", "maps": len(entries), "integer_arithmetic": n_int,
+                             "dequantized": len(entries) - n_int,
+                             "int16_safe": sum(bool(e["int16_safe"]) for e in entries if e["kernel"] == "onednn"),
+                             "vnni": cpu_int8_vnni()}
+    return fq._replace(model=model), summary
 
 
 def _load_quantizer_state(model: torch.nn.Module, checkpoint: str) -> None:

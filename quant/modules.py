@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .kernels import IntMap
 from .observers import Observer
 from .primitives import fake_quantize, qrange
 
@@ -111,7 +112,10 @@ def weight_grid_scale(module: nn.Module) -> torch.Tensor | None:
 
 @torch.no_grad()
 def effective_weight(module: nn.Module) -> torch.Tensor:
-    """The float weight a (possibly quantized, rotated) linear map applies to its un-rotated input."""
+    """The float weight a (possibly quantized, rotated, integer) linear map applies to its un-rotated input."""
+    if isinstance(module, IntMap):  # an exported map: its dequantized integer codes
+        w = module.dequantized_weight()
+        return (w if module.rotation is None else module.rotation.unfold_from_weight(w)).detach()
     if not is_quantized(module):
         return module.weight.detach()
     w = module.weight_quant(module.weight) if module.weight_quant is not None else module.weight

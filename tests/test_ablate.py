@@ -242,6 +242,43 @@ def test_two_shards_and_merge_equal_one_run(reference_run, wds_root, tmp_path, c
     _assert_same_records(_stored(out), _stored(ref_out))
 
 
+def test_integer_cells_pair_real_kernels_with_their_fake_quant_cell(micro_dir, wds_root, tmp_path, capsys):
+    # w8a7: 7-bit activation codes never saturate oneDNN's int16 pair sums (no VNNI needed), so the integer model
+    # computes the fake-quant model's function up to int32-vs-float accumulation; w4 is weight-only: no int cell
+    config = _grid_yaml(tmp_path / "int.yaml", micro_dir, bits="[w8a7, w4]", match_truncation="[]", truncation="[]",
+                        shift="[]", corruptions="[]", integer="true")
+    out = tmp_path / "run"
+    common = ["--config", config, "--data-root", str(wds_root), "--no-progress", "--workers", "0"]
+    assert main(["ablate", *common, "--out", str(out)]) == 0
+    records = _stored(out)
+    assert [r["cell"]["variant"] for r in records] == ["fp", "w8a7", "int:w8a7", "w4"]
+    fp, fq, integer, _ = records
+    assert integer["cell"]["kind"] == "int" and integer["cell"]["bits"] == "w8a7"
+    q = integer["quant_report"]
+    assert q["maps"] == q["integer_arithmetic"] == q["int16_safe"] == 14 and q["dequantized"] == 0
+    # the paired difference is the difference of the two cells' metrics on the same images...
+    pq = integer["paired_fake_quant"]["id"]
+    for metric in ("acc1", "ece"):
+        assert pq[metric]["diff"] == pytest.approx(integer["metrics"][metric] - fq["metrics"][metric], abs=1e-9)
+    assert pq["acc1"]["low"] <= 0 <= pq["acc1"]["high"] and abs(pq["acc1"]["diff"]) <= 2 / 96
+    assert set(integer["paired_fake_quant"]["ood"]) == {"wds/fashion_mnist"}
+    # ...against FP as for any cell; the integer weights are the fake-quant weights (codes x scales)
+    assert integer["paired"]["id"]["acc1"]["diff"] == pytest.approx(
+        integer["metrics"]["acc1"] - fp["metrics"]["acc1"], abs=1e-9)
+    assert integer["spectral"]["weight_rel_error"] == pytest.approx(fq["spectral"]["weight_rel_error"], rel=1e-5)
+    report = (out / "report.md").read_text()
+    section = report.split("## Real integer kernels vs fake-quant")[1].split("\n## ")[0]
+    assert "| int:w8a7 | 14 / 14 | 14 |" in section and f"{fq['metrics']['acc1']:.4f}" in section
+    # an integer cell in another shard than its quant cell recalibrates the same fake-quant model
+    sharded = tmp_path / "sharded"
+    assert main(["ablate", *common, "--out", str(sharded), "--no-cache", "--shard", "1/2"]) == 0
+    assert main(["ablate", *common, "--out", str(sharded), "--no-cache", "--shard", "2/2"]) == 0
+    _assert_same_records(_stored(sharded), records)
+    capsys.readouterr()
+    assert main(["ablate", *common, "--out", str(tmp_path / "gpu"), "--device", "cuda"]) == 2
+    assert "--device cpu" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_kill_9_loses_at_most_the_cell_in_flight(reference_run, wds_root, tmp_path):
     config, ref_out = reference_run

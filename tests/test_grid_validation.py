@@ -24,6 +24,7 @@ BASE = "models: [{name: demo}]\ndataset: wds/cifar10\n"
     ("extra_specs: [w9a8]\n", "w_bits must be an integer in 2..8"),
     ("corruptions: ['gaussian_noise:9']\n", "severity"),
     ("qat: 5\n", "qat must be a list"),
+    ("integer: yes-please\n", "integer must be true or false"),
 ])
 def test_bad_grids_exit_2_before_anything_runs(tmp_path, capsys, extra, message):
     cfg = tmp_path / "grid.yaml"
@@ -48,3 +49,6 @@ def test_the_shipped_grids_are_valid():
     repo = Path(__file__).resolve().parents[1]
     for name in ("demo.yaml", "paper_vitb32.yaml"):
         assert len(expand_cells(load_grid(repo / "configs" / name))) > 10
+    cells = expand_cells(load_grid(repo / "configs" / "demo_integer.yaml"))
+    assert [(c.variant, c.kind) for c in cells] == [("fp", "fp"), ("w8a8", "quant"), ("int:w8a8", "int"),
+                                                    ("w8a7", "quant"), ("int:w8a7", "int")]

@@ -18,6 +18,8 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import torch
+
 from qclip.evals.paired import paired_differences
 from qclip.evals.suite import (
     ReliabilitySuite,
@@ -26,12 +28,13 @@ from qclip.evals.suite import (
     spurious_changes_,
 )
 from qclip.evals.zeroshot import model_fingerprint
+from qclip.io.errors import QclipInputError
 from qclip.io.models import LoadedModel, load_model
 from qclip.io.records import CellRecord, QuantSummary
 from qclip.io.store import ResultsStore, config_hash
 
 from .analysis import FpWeights, feature_summary, weight_summary
-from .grid import Cell, GridConfig, expand_cells, shard_cells, spec_string
+from .grid import Cell, GridConfig, expand_cells, has_integer_cell, shard_cells, spec_string
 
 __all__ = ["run_grid", "cell_hash", "load_records", "merge_results", "write_grid_report", "matched_truncation",
            "SCHEMA"]
@@ -68,7 +71,6 @@ def merge_results(cfg: GridConfig, out: str | os.PathLike, *, require_all: bool 
     missing cell is a `QclipInputError` raised before anything is written."""
     import json
 
-    from qclip.io.errors import QclipInputError
     from qclip.io.paths import atomic_write_text
 
     stored = load_records(out)
@@ -126,10 +128,15 @@ def matched_truncation(fp: LoadedModel, spec_text: str) -> tuple[LoadedModel, Qu
     return fp._replace(model=model), summary
 
 
-def _build_variant(cell: Cell, fp: LoadedModel, suite: ReliabilitySuite, cfg: GridConfig, device: str,
+def _build_variant(cell: Cell, group: _Group, cfg: GridConfig, device: str,
                    data_root: str | None) -> tuple[LoadedModel, QuantSummary | None]:
-    from qclip.evals.variants import quantize_loaded
+    from qclip.evals.variants import integer_loaded, quantize_loaded
 
+    fp, suite = group.fp, group.suite
+    if cell.kind == "int":  # the integer model of the quant cell before it (recalibrated when that ran elsewhere)
+        fq, summary = group.fake_quant(spec_string(cell), lambda: _build_variant(
+            replace(cell, kind="quant", variant=spec_string(cell)), group, cfg, device, data_root))
+        return integer_loaded(fq, spec_string(cell), w_bits=(summary or {}).get("bits"))
     if cell.kind == "fp":
         return fp, None
     if cell.kind == "rank-match":
@@ -169,6 +176,15 @@ class _Group:
         self.fp_key = model_fingerprint(fp.model)
         self._fp_metrics: dict | None = None
         self._model_key = (cell.model, cell.pretrained)
+        self.last_quant: tuple[str, LoadedModel, QuantSummary | None] | None = None  # for the next integer cell
+
+    def fake_quant(self, spec: str, build) -> tuple[LoadedModel, QuantSummary | None]:
+        """The fake-quant model of `spec`: the last quant cell's when it is that spec, else `build()`."""
+        if self.last_quant is not None and self.last_quant[0] == spec:
+            return self.last_quant[1], self.last_quant[2]
+        fq, summary = build()
+        self.last_quant = (spec, fq, summary)
+        return fq, summary
 
     @property
     def fp_metrics(self) -> dict:
@@ -186,9 +202,12 @@ class _Group:
 def _evaluate_cell(cfg: GridConfig, cell: Cell, group: _Group, device: str, data_root: str | None) -> CellRecord:
     from qclip.evals.zeroshot import zero_shot_classifier
     from qclip.io.results import versions
+    from qclip.quant.spec import parse_spec
 
     t0 = time.perf_counter()
-    variant, report = _build_variant(cell, group.fp, group.suite, cfg, device, data_root)
+    variant, report = _build_variant(cell, group, cfg, device, data_root)
+    if cell.kind == "quant" and cfg.integer and has_integer_cell(parse_spec(cell.variant)):
+        group.last_quant = (cell.variant, variant, report)  # its integer cell comes next
     key = group.fp_key if cell.kind == "fp" else model_fingerprint(variant.model)
     t1 = time.perf_counter()
     fp_metrics = group.fp_metrics
@@ -200,6 +219,10 @@ def _evaluate_cell(cfg: GridConfig, cell: Cell, group: _Group, device: str, data
         spurious_changes_(fp_metrics, metrics)
         delta = relative_changes(numeric_metrics(fp_metrics), numeric_metrics(metrics))
     paired = None if cell.kind == "fp" else paired_differences(group.suite, group.fp, group.fp_key, variant, key)
+    vs_fake_quant = None
+    if cell.kind == "int":  # real kernels against the fake-quant model they were exported from, same images
+        fq = group.last_quant[1]
+        vs_fake_quant = paired_differences(group.suite, fq, model_fingerprint(fq.model), variant, key)
     t2 = time.perf_counter()
     fp_feats, _ = group.suite.id_features(group.fp, group.fp_key)
     feats, labels = group.suite.id_features(variant, key)
@@ -214,13 +237,17 @@ def _evaluate_cell(cfg: GridConfig, cell: Cell, group: _Group, device: str, data
     else:
         spectral.update(weight_summary(group.fp_weights, variant.model))
     t3 = time.perf_counter()
-    group.suite.release(keep_key=group.fp_key)
+    keep = (key,) if group.last_quant is not None and cell.kind == "quant" else ()  # its integer cell pairs with them
+    group.suite.release(group.fp_key, *keep)
+    if cell.kind == "int":
+        group.last_quant = None
     n = metrics.get("n")
     metrics = {k: v for k, v in metrics.items() if k != "n"}
     return {"hash": cell_hash(cfg, cell), "grid": cfg.name, "cell": cell.as_dict(),
             "datasets": {"id": cfg.dataset, "ood": list(cfg.ood), "shift": list(cfg.shift),
                          "corruptions": list(cfg.corruptions), "spurious": cfg.spurious},
-            "n": n, "metrics": metrics, "delta": delta, "paired": paired, "spectral": spectral, "quant_report": report,
+            "n": n, "metrics": metrics, "delta": delta, "paired": paired, "paired_fake_quant": vs_fake_quant,
+            "spectral": spectral, "quant_report": report,
             "seconds": round(t3 - t0, 3),
             "timings": {"build": round(t1 - t0, 3), "eval": round(t2 - t1, 3), "spectral": round(t3 - t2, 3)},
             "versions": versions()}
@@ -247,6 +274,9 @@ def run_grid(cfg: GridConfig, out: str | os.PathLike, *, shard: tuple[int, int] 
     from tqdm.auto import tqdm
 
     index, count = shard
+    if cfg.integer and torch.device(device).type != "cpu":
+        raise QclipInputError("integer: true runs oneDNN's CPU int8 kernels: run this grid with --device cpu, or "
+                              "drop it")
     out = Path(out)  # created by the first write (store line, results, report): a run that fails first leaves none
     cells = shard_cells(expand_cells(cfg), index, count)
     store = ResultsStore(_store_dir(out) / f"shard-{index}-of-{count}.jsonl")

@@ -35,7 +35,8 @@ from qclip.io.models import LoadedModel, export_dir_of, load_export_dir, load_mo
 from qclip.io.paths import atomic_write_text
 from qclip.io.validate import check_float, check_int
 
-__all__ = ["BenchConfig", "VARIANTS", "parse_batches", "run_bench", "bench_markdown", "write_bench", "weight_bytes"]
+__all__ = ["BenchConfig", "VARIANTS", "parse_batches", "run_bench", "bench_markdown", "write_bench", "weight_bytes",
+           "input_shape", "random_calibrator"]
 
 #: variant name -> label, in report order
 VARIANTS = {"fp32_eager": "FP32 eager", "fp32_compiled": "FP32 compiled", "bf16_autocast": "BF16 autocast",
@@ -124,16 +125,17 @@ def _packed_bytes(module: nn.Module) -> int:
     return sum(int(m.weight_codes.numel()) for m in integer_maps(module).values() if m.kernel == "onednn")
 
 
-def _input_shape(model: nn.Module) -> tuple[int, int, int]:
+def input_shape(model: nn.Module) -> tuple[int, int, int]:
+    """(3, H, W) of an open_clip model's image input."""
     size = getattr(model.visual, "image_size", 224)
     h, w = (size, size) if isinstance(size, int) else tuple(size)
     return 3, int(h), int(w)
 
 
-def _random_calibrator(loaded: LoadedModel, spec, batches: int, seed: int) -> Callable[[nn.Module], None]:
+def random_calibrator(loaded: LoadedModel, spec, batches: int, seed: int) -> Callable[[nn.Module], None]:
     """A `calibrate(model)` on random images (and generic prompts when the text tower is in scope)."""
     g = torch.Generator().manual_seed(seed + 1)
-    shape = _input_shape(loaded.model)
+    shape = input_shape(loaded.model)
     images = [torch.randn(16, *shape, generator=g) for _ in range(batches)]
     tokens = loaded.tokenizer([f"a photo of a {w}." for w in ("cat", "dog", "car", "ship", "bird", "tree")]) \
         if spec.scope == "vision+text" else None
@@ -151,12 +153,10 @@ def _random_calibrator(loaded: LoadedModel, spec, batches: int, seed: int) -> Ca
 
 def _build_models(cfg: BenchConfig, data_root: str | None) -> tuple[dict[str, LoadedModel], dict]:
     """The FP, fake-quant and integer models of the config, and facts about them for the record."""
-    from qclip.evals.variants import needs_calibration, parse_quant_arg, quantize_loaded
+    from qclip.evals.variants import integer_loaded, needs_calibration, parse_quant_arg, quantize_loaded
     from qclip.quant.api import quantize_
-    from qclip.quant.export import build_integer_model_, integer_tensors
-    from qclip.quant.qat import convert_qat_
 
-    info: dict = {"calibration": None, "export": None}
+    info: dict = {"calibration": None, "export": None, "fakequant_note": None}
     export = export_dir_of(cfg.model)
     models: dict[str, LoadedModel] = {}
     if export is not None:
@@ -169,6 +169,8 @@ def _build_models(cfg: BenchConfig, data_root: str | None) -> tuple[dict[str, Lo
             if cfg.device == "cpu":
                 models["int"] = load_export_dir(export, "cpu")
         info["calibration"] = "export folder"
+        info["fakequant_note"] = ("the export's reference kernel: activations fake-quantized on the exported grids, "
+                                  "integer codes dequantized to float32 (the fake-quant model's function)")
         info["export"] = {"spec": manifest["spec"], "summary": manifest["summary"]}
         return models, info
     fp = load_model(cfg.model, cfg.pretrained, device=cfg.device)
@@ -193,23 +195,19 @@ def _build_models(cfg: BenchConfig, data_root: str | None) -> tuple[dict[str, Lo
         fq = fp._replace(model=copy.deepcopy(fp.model))
         calibrate = None
         if needs_calibration(spec):
-            calibrate = _random_calibrator(fp, spec, cfg.calib_batches or 2, cfg.seed)
+            calibrate = random_calibrator(fp, spec, cfg.calib_batches or 2, cfg.seed)
             info["calibration"] = "random images"
         report = quantize_(fq.model, spec, calibrate)
         w_bits = report.bits or None
     models["fakequant"] = fq
     if spec.kind != "rank" and cfg.device == "cpu":
-        work = copy.deepcopy(fq.model).cpu().eval()
-        tensors, entries = integer_tensors(work, spec, w_bits=w_bits)
-        int_model = build_integer_model_(convert_qat_(work), entries, tensors)
-        models["int"] = fq._replace(model=int_model)
-        n_int = sum(e["kernel"] == "onednn" for e in entries)
-        info["export"] = {"spec": str(spec), "summary": {"maps": len(entries), "integer_arithmetic": n_int,
-                                                         "dequantized": len(entries) - n_int}}
+        models["int"], summary = integer_loaded(fq, str(spec), w_bits=w_bits)
+        info["export"] = {"spec": str(spec), "summary": {k: summary[k] for k in
+                                                         ("maps", "integer_arithmetic", "dequantized", "int16_safe")}}
     return models, info
 
 
-def _variants(cfg: BenchConfig, models: dict[str, LoadedModel]) -> tuple[list[_Variant], dict[str, str]]:
+def _variants(cfg: BenchConfig, models: dict[str, LoadedModel], info: dict) -> tuple[list[_Variant], dict[str, str]]:
     from qclip.quant.kernels import prepack_
 
     skipped: dict[str, str] = {}
@@ -238,7 +236,7 @@ def _variants(cfg: BenchConfig, models: dict[str, LoadedModel]) -> tuple[list[_V
         note="float32 weights, matmuls and convolutions under torch.autocast(bfloat16)")
     if "fakequant" in models:
         tower = models["fakequant"].model.visual.eval()
-        add("fakequant", tower=tower, weight_bytes=weight_bytes(tower))
+        add("fakequant", tower=tower, weight_bytes=weight_bytes(tower), note=info.get("fakequant_note"))
     else:
         skipped["fakequant"] = skipped["int_eager"] = skipped["int_compiled"] = "no --quant spec"
     if "int" in models:
@@ -301,8 +299,8 @@ def run_bench(cfg: BenchConfig, *, data_root: str | None = None, progress: bool 
 
     torch.manual_seed(cfg.seed)
     models, info = _build_models(cfg, data_root)
-    variants, skipped = _variants(cfg, models)
-    shape = _input_shape(models["fp"].model)
+    variants, skipped = _variants(cfg, models, info)
+    shape = input_shape(models["fp"].model)
     g = torch.Generator().manual_seed(cfg.seed)
     inputs = {b: torch.randn(b, *shape, generator=g).to(cfg.device) for b in cfg.batches}
     compile_s: dict[str, dict[str, float]] = {v.name: {} for v in variants if v.compiled}
@@ -395,6 +393,9 @@ def bench_markdown(record: dict) -> str:
         lines.append(f"| {entry['label']} | {entry['weight_bytes'] / 2**20:.2f} | "
                      f"{'–' if not packed else f'{packed / 2**20:.2f}'} | {comp_text} | "
                      f"{_fmt(entry.get('cosine_vs_fp32_eager'), '.5f')} |")
+    notes = [f"{e['label']}: {e['note']}" for e in record["variants"].values() if e.get("note")]
+    if notes:
+        lines += [""] + [f"- {n}." for n in notes]
     if record.get("skipped"):
         lines += ["", "Not run: " + "; ".join(f"{VARIANTS[k]} ({v})" for k, v in record["skipped"].items()) + "."]
     if record.get("export"):

@@ -16,7 +16,7 @@ __all__ = ["cell_of", "spectral_of", "num", "mean", "delta", "group_of", "refere
 # role -> (metrics key, datasets key, metric names); OOD rows read the MCM score's entry
 ROLES = {"ood": ("ood", "ood", ("auroc", "aupr", "fpr95")), "corruption": ("corruptions", "corruptions",
          ("acc1", "ece", "nll", "brier")), "shift": ("shift", "shift", ("acc1", "ece"))}
-_KIND_ORDER = {"fp": 0, "quant": 1, "rank-match": 2, "rank": 3, "qat": 4}
+_KIND_ORDER = {"fp": 0, "quant": 1, "int": 1, "rank-match": 2, "rank": 3, "qat": 4}  # int: right after its quant
 _METHOD_ORDER = {None: 0, "rtn": 0, "smoothquant": 1, "rotation": 2, "lsq": 3, "rotation+lsq": 4}
 _NOISE = ("gaussian_noise", "shot_noise", "impulse_noise")
 QUANT_KINDS = ("quant", "qat")
@@ -89,16 +89,18 @@ def dataset_names(records: list[CellRecord], role: str) -> list[str]:
 
 
 def sort_key(rec: CellRecord) -> tuple:
-    """FP, quant (scope, method, bits high→low), rank-match (as its quant), rank (scope, kept high→low), qat."""
+    """FP, quant (scope, method, bits high→low; each followed by its integer cell), rank-match (as its quant), rank
+    (scope, kept high→low), qat."""
     c = cell_of(rec)
     kind, variant = c.get("kind"), str(c.get("variant", ""))
     if kind == "rank-match":
         variant = variant.split(":", 1)[-1]
     key: tuple = ()
-    if kind in ("quant", "rank-match"):
+    if kind in ("quant", "rank-match", "int"):
         m = re.match(r"w(\d+(?:\.\d+)?)(?:a(\d+))?", c.get("bits") or variant)
         w, a = (float(m.group(1)), int(m.group(2) or 32)) if m else (0.0, 0)
-        key = (_METHOD_ORDER.get(c.get("method"), 9), str(c.get("method")), -w, -a)
+        key = (_METHOD_ORDER.get(c.get("method"), 9), str(c.get("method")), -w, -a, variant.split(":")[-1],
+               kind == "int")
     elif kind == "rank":
         m = re.match(r"rank-([a-z])([\d.]+)", variant)
         key = (m.group(1), -float(m.group(2))) if m else ("", 0.0)

@@ -1,8 +1,9 @@
 """The ablation grid as data: a validated `GridConfig` read from YAML, expanded into `Cell`s and split into shards.
 
 A cell is one model variant evaluated on every dataset of the grid: the full-precision reference, a PTQ spec
-(method × bits × scope), a rank truncation, a rank truncation matched per layer to a quantization's weight error
-(`rank-match:w4a8`), or a QAT checkpoint from `qclip fit`. Cells are enumerated in a fixed order, and shard I of
+(method × bits × scope), that spec's integer model on real int8 kernels (`int:w8a8`, with `integer: true`), a rank
+truncation, a rank truncation matched per layer to a quantization's weight error (`rank-match:w4a8`), or a QAT
+checkpoint from `qclip fit`. Cells are enumerated in a fixed order, and shard I of
 N takes every N-th cell starting at I-1, so N processes can share one store directory.
 """
 
@@ -17,7 +18,7 @@ from qclip.io.records import CellInfo
 from qclip.io.validate import PRECISIONS, check_choice, check_int, check_str, check_str_list
 
 __all__ = ["GridConfig", "Cell", "QatEntry", "load_grid", "expand_cells", "parse_shard", "shard_cells", "spec_string",
-           "grid_data_root"]
+           "grid_data_root", "has_integer_cell"]
 
 _METHOD_SUFFIX = {"rtn": "", "smoothquant": "-smoothquant", "rot": "-rot", "rotation": "-rot"}
 _SCOPE_SUFFIX = {"vision": "", "vision+text": "-vt"}
@@ -38,8 +39,8 @@ class Cell:
 
     model: str
     pretrained: str | None
-    variant: str  # fp | a quant spec | rank-... | rank-match:<quant spec> | qat:<name>
-    kind: str  # fp | quant | rank | rank-match | qat
+    variant: str  # fp | a quant spec | int:<quant spec> | rank-... | rank-match:<quant spec> | qat:<name>
+    kind: str  # fp | quant | int | rank | rank-match | qat
     seed: int
     method: str | None = None
     bits: str | None = None
@@ -84,6 +85,7 @@ class GridConfig:
     bands: str = "0-8,8-64,64-"
     batch_size: int = 256
     data_root: str | None = None  # used when neither --data-root nor $QCLIP_DATA_ROOT is given
+    integer: bool = False  # also evaluate each activation-quantizing PTQ cell's integer model (oneDNN int8, CPU)
 
     def __post_init__(self):
         from qclip.evals.corruptions import parse_corruptions
@@ -165,6 +167,8 @@ class GridConfig:
             raise ConfigError(str(exc)) from None
         check_int("batch_size", self.batch_size, minimum=1)
         check_str("data_root", self.data_root, optional=True)
+        if not isinstance(self.integer, bool):
+            raise ConfigError(f"integer must be true or false, got {self.integer!r}")
 
     def quant_specs(self) -> list[str]:
         """PTQ spec strings: scopes × methods × bits, then `extra_specs` (duplicates dropped)."""
@@ -203,7 +207,7 @@ def spec_string(cell: Cell) -> str | None:
     """The quant/rank spec a cell applies (None for the FP reference)."""
     if cell.kind in ("quant", "rank"):
         return cell.variant
-    if cell.kind == "rank-match":
+    if cell.kind in ("rank-match", "int"):
         return cell.variant.split(":", 1)[1]
     return None
 
@@ -244,8 +248,15 @@ def _bits(spec) -> str:
     return f"w{w}" + (f"a{spec.a_bits}" if spec.a_bits else "")
 
 
+def has_integer_cell(spec) -> bool:
+    """Whether `integer: true` adds an integer cell after this PTQ spec's cell: it quantizes activations (a
+    weight-only map has no integer input to multiply; its export is the fake-quant model computed in float)."""
+    return spec.kind in ("quant", "mixed") and spec.a_bits is not None
+
+
 def expand_cells(cfg: GridConfig) -> list[Cell]:
-    """Every cell in a fixed order: per model and seed, FP, PTQ specs, matched truncations, truncations, QAT."""
+    """Every cell in a fixed order: per model and seed, FP, PTQ specs (each followed by its integer cell with
+    `integer`), matched truncations, truncations, QAT."""
     from qclip.quant.spec import parse_spec
 
     cells = []
@@ -256,6 +267,9 @@ def expand_cells(cfg: GridConfig) -> list[Cell]:
             for text in cfg.quant_specs():
                 spec = parse_spec(text)
                 cells.append(Cell(name, pretrained, str(spec), "quant", seed, spec.method, _bits(spec), spec.scope))
+                if cfg.integer and has_integer_cell(spec):
+                    cells.append(Cell(name, pretrained, f"int:{spec}", "int", seed, spec.method, _bits(spec),
+                                      spec.scope))
             for text in cfg.match_truncation:
                 spec = parse_spec(text)
                 cells.append(Cell(name, pretrained, f"rank-match:{spec}", "rank-match", seed, None, None, spec.scope))

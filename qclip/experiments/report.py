@@ -210,6 +210,52 @@ def _quant_vs_rank(ctx: _Ctx) -> list[str]:
     return lines
 
 
+def _interval(d: dict | None) -> str:
+    """`+0.0012 [−0.0010, +0.0034]` of a paired difference (empty when absent)."""
+    if not d or num(d.get("diff")) is None:
+        return "—"
+    if None in (num(d.get("low")), num(d.get("high"))):
+        return f"{d['diff']:+.4f}"
+    return f"{d['diff']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
+
+
+def _integer(ctx: _Ctx) -> list[str]:
+    """Each integer cell (real int8 kernels) against the fake-quant cell it was exported from, paired."""
+    ints = [r for r in ctx.records if cell_of(r).get("kind") == "int"]
+    if not ints:
+        return []
+    lines = ["## Real integer kernels vs fake-quant", ""]
+    by_variant = {(group_of(r), cell_of(r).get("variant")): r for r in ctx.records}
+    first = (dataset_names(ctx.records, "ood") or [None])[0]
+    rows, disagree = [], []
+    for rec in ints:
+        fq = by_variant.get((group_of(rec), str(cell_of(rec).get("variant")).split(":", 1)[-1]))
+        pq = rec.get("paired_fake_quant") or {}
+        ident = pq.get("id") or {}
+        q = rec.get("quant_report") or {}
+        acc = ident.get("acc1") or {}
+        if num(acc.get("low")) is not None and not acc["low"] <= 0 <= acc["high"]:
+            disagree.append(ctx.label(rec))
+        s_fq = ctx.s(fq) if fq is not None else {}
+        rows.append([ctx.label(rec), f"{q.get('integer_arithmetic', '—')} / {q.get('maps', '—')}",
+                     f"{q.get('int16_safe', '—')}", _fmt(s_fq.get("acc1")), _fmt(ctx.s(rec).get("acc1")),
+                     _interval(acc), _fmt(s_fq.get("ece")), _fmt(ctx.s(rec).get("ece")), _interval(ident.get("ece")),
+                     _interval(((pq.get("ood") or {}).get(first) or {}).get("auroc")) if first else "—"])
+    vnni = next((q.get("vnni") for q in (r.get("quant_report") or {} for r in ints) if "vnni" in q), None)
+    lines += [("Each integer cell rebuilds its quant cell's model from integer codes and grids (as `qclip export` "
+               "does) and runs oneDNN's int8 kernels on the CPU; Δ = integer − fake-quant on the same images "
+               "(paired bootstrap, 95% interval). Maps: on integer kernels / quantized; exact without VNNI: maps "
+               "whose u8 × s8 pair sums cannot saturate int16 (7-bit activations or weights)."
+               + ("" if vnni is not False else " **This CPU has no VNNI**: the other maps' sums saturate int16 here, "
+                  "which moves the integer model away from the fake-quant model.")), "",
+              *_table(["integer cell", "maps int8 / quantized", "exact without VNNI", "acc1 fake-quant",
+                       "acc1 integer", "Δacc1 [95%]", "ECE fake-quant", "ECE integer", "ΔECE [95%]",
+                       f"ΔAUROC {first or ''} [95%]"], rows)]
+    if disagree:
+        lines += [f"Integer and fake-quant acc1 differ beyond the paired interval for: {', '.join(disagree)}.", ""]
+    return lines
+
+
 def _scatter(ctx: _Ctx) -> Figure | None:
     pts = [r for r in ctx.records if cell_of(r).get("kind") != "fp" and ctx.s(r)["wre"] is not None]
     if not pts:
@@ -350,8 +396,8 @@ def write_report(records: list[CellRecord], out_dir: str | os.PathLike, *, title
     ctx = _Ctx(records, out)
     _write_csv(tidy_rows(records), out / "results.csv")
     found = findings(records)
-    lines = [*_header(ctx, title, grid), *_main_table(ctx), *_quant_vs_rank(ctx), *_reliability(ctx), *_sqnr(ctx),
-             *_band_accuracy(ctx), *_damping(ctx), *_uncertainty(ctx), *_findings_section(found)]
+    lines = [*_header(ctx, title, grid), *_main_table(ctx), *_quant_vs_rank(ctx), *_integer(ctx), *_reliability(ctx),
+             *_sqnr(ctx), *_band_accuracy(ctx), *_damping(ctx), *_uncertainty(ctx), *_findings_section(found)]
     atomic_write_text(out / "report.md", "\n".join(lines))
     return {"report": str(out / "report.md"), "csv": str(out / "results.csv"), "plots": ctx.plots,
             "findings": found, "cells": len(records)}

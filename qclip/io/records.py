@@ -80,7 +80,8 @@ class Metrics(TypedDict, total=False):
 
 
 class QuantSummary(TypedDict, total=False):
-    """What a quantization or truncation changed: its spec, per-tower coverage, kept ranks of truncated maps."""
+    """What a quantization or truncation changed: its spec, per-tower coverage, kept ranks of truncated maps, the
+    integer kernels of an integer cell."""
 
     spec: str
     coverage: dict[str, dict[str, int]]
@@ -89,6 +90,11 @@ class QuantSummary(TypedDict, total=False):
     energy_kept_mean: float
     bits: dict[str, int]
     avg_bits: float
+    maps: int  # integer cells: exported maps, those on integer kernels, those exact without VNNI; the CPU's VNNI
+    integer_arithmetic: int
+    dequantized: int
+    int16_safe: int
+    vnni: bool | None
 
 
 class SuiteRecord(TypedDict, total=False):
@@ -174,6 +180,7 @@ class CellRecord(TypedDict, total=False):
     metrics: Metrics
     delta: Optional[dict[str, Any]]
     paired: Optional[dict[str, Any]]
+    paired_fake_quant: Optional[dict[str, Any]]  # integer cells: real kernels − fake-quant, as `paired`
     spectral: SpectralSummary
     quant_report: Optional[QuantSummary]
     seconds: float
