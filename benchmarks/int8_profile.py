@@ -11,8 +11,9 @@ Self CPU time is summed per operator and grouped:
 
   int8 GEMM / conv   oneDNN's quantized linear and convolution (`onednn::qlinear_pointwise`, `qconv2d_pointwise`)
   float GEMM / conv  float matmuls and convolutions (`mkldnn` / `aten::mm`, `addmm`, `bmm`, `convolution`): in the
-                     integer tower, attention's q·kᵀ and p·v, which have no weights to quantize
-  Inductor kernels   generated C++ kernels (fused elementwise work: quantize-to-uint8, layer norm, softmax, GELU)
+                     integer tower, attention's q·kᵀ and p·v (scaled_dot_product_attention), which have no weights
+  Inductor kernels   the compiled graph's own time: its generated C++ kernels (fused elementwise work:
+                     quantize-to-uint8, layer norm, GELU, residual adds) between the library calls
   other              the rest
 
 The JSON holds both towers' groups, their top operators, and the images/s measured under the profiler (slower than
@@ -41,7 +42,7 @@ def _group(name: str) -> str:
                               "convolution", "_linear_pointwise", "mkldnn_rnn", "aten::linear", "aten::matmul",
                               "scaled_dot_product")):
         return "float GEMM / conv"
-    if "cpp_fused" in low or "graph_" in low or "inductor" in low or low.startswith("kernel_cpp"):
+    if "compiledfxgraph" in low or "cpp_fused" in low or "inductor" in low:  # the generated code's own time
         return "Inductor kernels"
     return "other"
 

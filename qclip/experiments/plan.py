@@ -258,19 +258,17 @@ def _shared_fp(cells: list[Cell], all_cells: list[Cell], evals: tuple[Forwards, 
     return tuple(out)
 
 
-def _reuse_clean_features(cells: list[Cell], rows: list[CellPlan]) -> list[CellPlan]:
-    """Later seeds of a variant read its clean-set features from the cache the first seed filled (the seed only
-    draws corruption noise): they forward their corrupted copies and calibration only."""
-    first: dict[tuple, int] = {}
+def _reuse_clean_features(rows, first: dict[tuple, int]) -> list[CellPlan]:
+    """Later seeds of a variant read its clean-set features from the cache an earlier seed filled (the seed only
+    draws corruption noise): they forward their corrupted copies and calibration only. `first` maps (model,
+    variant) to the first seed that forwards it, and is filled as rows are seen."""
     out = []
-    for cell, row in zip(cells, rows):
-        variant = (cell.model, cell.pretrained, cell.variant)
-        if variant in first:
+    for row in rows:
+        variant = (row.model, row.spec)
+        if first.setdefault(variant, row.seed) < row.seed:
             kept = tuple(f for f in row.forwards if f.role in ("corruption", "calibration"))
             note = f"clean sets: the cached features of seed {first[variant]}"
             row = replace(row, forwards=kept, note=f"{row.note}; {note}" if row.note else note)
-        else:
-            first[variant] = cell.seed
         out.append(row)
     return out
 
@@ -285,11 +283,12 @@ def plan_grid(cfg: GridConfig, *, shard: tuple[int, int] = (1, 1), data_root: st
     cells = shard_cells(all_cells, *shard)
     evals = eval_forwards(cfg, by_name)
     rows = [_cell_plan(cfg, c, evals, by_name[cfg.dataset]) for c in cells]
+    shared = _shared_fp(cells, all_cells, evals, shard)
     if use_cache:
-        rows = _reuse_clean_features(cells, rows)
-    return GridPlan(cfg.name, config, shard, root_description(data_root), datasets, tuple(rows),
-                    _shared_fp(cells, all_cells, evals, shard), len(all_cells),
-                    len({(c.model, c.pretrained, c.variant) for c in cells}))
+        first: dict[tuple, int] = {}
+        rows, shared = _reuse_clean_features(rows, first), _reuse_clean_features(shared, first)
+    return GridPlan(cfg.name, config, shard, root_description(data_root), datasets, tuple(rows), tuple(shared),
+                    len(all_cells), len({(c.model, c.pretrained, c.variant) for c in cells}))
 
 
 # ------------------------------------------------------------------------------------------------- output
