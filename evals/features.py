@@ -218,13 +218,8 @@ class DecodedImages:
 
     def batches(self, spec: DatasetSpec, transform: Callable, *, limit: int | None, batch_size: int,
                 num_workers: int) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
-        """The cached batches of float images in [0, 1] (decoded now if needed); None when over the budget."""
-        stored = self.stored_batches(spec, transform, limit=limit, batch_size=batch_size, num_workers=num_workers)
-        return None if stored is None else [(bytes_to_float(x), y) for x, y in stored]
-
-    def stored_batches(self, spec: DatasetSpec, transform: Callable, *, limit: int | None, batch_size: int,
-                       num_workers: int) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
-        """The cached batches as stored: uint8 (see `bytes_to_float`) where exact, else floats in [0, 1]."""
+        """The cached batches (decoded now if needed) as stored: uint8 where exact (`bytes_to_float` gives the floats
+        in [0, 1]), else floats in [0, 1]; None when over the budget."""
         key = (spec.name, spec.split, spec.shards, limit, batch_size, repr(transform))
         if key not in self._store:
             self._store[key] = self._decode(spec, transform, limit, batch_size, num_workers)
@@ -279,7 +274,7 @@ def dataset_features(model: nn.Module, preprocess: Callable, spec: DatasetSpec, 
     split = byte_pipeline(preprocess)
     loader = None
     if decoded is not None:
-        loader = decoded.stored_batches(spec, raw, limit=limit, batch_size=batch_size, num_workers=num_workers)
+        loader = decoded.batches(spec, raw, limit=limit, batch_size=batch_size, num_workers=num_workers)
     per_batch = loader is not None or split is not None or corruption is not None  # else the loader normalises
     if loader is None:
         transform = split[0] if split is not None else raw if corruption is not None else preprocess
