@@ -17,6 +17,7 @@ import os
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -128,15 +129,10 @@ def matched_truncation(fp: LoadedModel, spec_text: str) -> tuple[LoadedModel, Qu
     return fp._replace(model=model), summary
 
 
-def _build_variant(cell: Cell, group: _Group, cfg: GridConfig, device: str,
+def _build_variant(cell: Cell, fp: LoadedModel, suite: ReliabilitySuite, cfg: GridConfig, device: str,
                    data_root: str | None) -> tuple[LoadedModel, QuantSummary | None]:
-    from qclip.evals.variants import integer_loaded, quantize_loaded
+    from qclip.evals.variants import quantize_loaded
 
-    fp, suite = group.fp, group.suite
-    if cell.kind == "int":  # the integer model of the quant cell before it (recalibrated when that ran elsewhere)
-        fq, summary = group.fake_quant(spec_string(cell), lambda: _build_variant(
-            replace(cell, kind="quant", variant=spec_string(cell)), group, cfg, device, data_root))
-        return integer_loaded(fq, spec_string(cell), w_bits=(summary or {}).get("bits"))
     if cell.kind == "fp":
         return fp, None
     if cell.kind == "rank-match":
@@ -163,6 +159,26 @@ def _suite_config(cfg: GridConfig, cell: Cell) -> SuiteConfig:
                        calib_batches=cfg.calib_batches, precision=cfg.precision)
 
 
+class _FakeQuant(NamedTuple):
+    """A quant cell's fake-quant model with its report and feature key, kept for the integer cell that follows."""
+
+    spec: str
+    loaded: LoadedModel
+    report: QuantSummary | None
+    key: str
+
+
+def _fake_quant_of(cell: Cell, group: _Group, cfg: GridConfig, device: str, data_root: str | None) -> _FakeQuant:
+    """The fake-quant model an integer cell is rebuilt from: its quant cell's, kept from just before, else built
+    again (the same model: calibration reads the first ID images), e.g. when that cell ran in another shard."""
+    spec = spec_string(cell)
+    if group.last_quant is not None and group.last_quant.spec == spec:
+        return group.last_quant
+    fq, report = _build_variant(replace(cell, kind="quant", variant=spec), group.fp, group.suite, cfg, device,
+                                data_root)
+    return _FakeQuant(spec, fq, report, model_fingerprint(fq.model))
+
+
 class _Group:
     """What the cells of one (model, seed) share: the FP model, its suite, FP metrics, FP weight spectra."""
 
@@ -176,15 +192,7 @@ class _Group:
         self.fp_key = model_fingerprint(fp.model)
         self._fp_metrics: dict | None = None
         self._model_key = (cell.model, cell.pretrained)
-        self.last_quant: tuple[str, LoadedModel, QuantSummary | None] | None = None  # for the next integer cell
-
-    def fake_quant(self, spec: str, build) -> tuple[LoadedModel, QuantSummary | None]:
-        """The fake-quant model of `spec`: the last quant cell's when it is that spec, else `build()`."""
-        if self.last_quant is not None and self.last_quant[0] == spec:
-            return self.last_quant[1], self.last_quant[2]
-        fq, summary = build()
-        self.last_quant = (spec, fq, summary)
-        return fq, summary
+        self.last_quant: _FakeQuant | None = None  # the quant cell just evaluated, for its integer cell
 
     @property
     def fp_metrics(self) -> dict:
@@ -200,15 +208,21 @@ class _Group:
 
 
 def _evaluate_cell(cfg: GridConfig, cell: Cell, group: _Group, device: str, data_root: str | None) -> CellRecord:
+    from qclip.evals.variants import integer_loaded
     from qclip.evals.zeroshot import zero_shot_classifier
     from qclip.io.results import versions
     from qclip.quant.spec import parse_spec
 
     t0 = time.perf_counter()
-    variant, report = _build_variant(cell, group, cfg, device, data_root)
-    if cell.kind == "quant" and cfg.integer and has_integer_cell(parse_spec(cell.variant)):
-        group.last_quant = (cell.variant, variant, report)  # its integer cell comes next
+    fq = None
+    if cell.kind == "int":  # the integer model of the quant cell before it
+        fq = _fake_quant_of(cell, group, cfg, device, data_root)
+        variant, report = integer_loaded(fq.loaded, fq.spec, w_bits=(fq.report or {}).get("bits"))
+    else:
+        variant, report = _build_variant(cell, group.fp, group.suite, cfg, device, data_root)
     key = group.fp_key if cell.kind == "fp" else model_fingerprint(variant.model)
+    feeds_int = cell.kind == "quant" and cfg.integer and has_integer_cell(parse_spec(cell.variant))
+    group.last_quant = _FakeQuant(cell.variant, variant, report, key) if feeds_int else None
     t1 = time.perf_counter()
     fp_metrics = group.fp_metrics
     metrics = fp_metrics if cell.kind == "fp" else group.suite.evaluate(variant, key=key)
@@ -220,9 +234,8 @@ def _evaluate_cell(cfg: GridConfig, cell: Cell, group: _Group, device: str, data
         delta = relative_changes(numeric_metrics(fp_metrics), numeric_metrics(metrics))
     paired = None if cell.kind == "fp" else paired_differences(group.suite, group.fp, group.fp_key, variant, key)
     vs_fake_quant = None
-    if cell.kind == "int":  # real kernels against the fake-quant model they were exported from, same images
-        fq = group.last_quant[1]
-        vs_fake_quant = paired_differences(group.suite, fq, model_fingerprint(fq.model), variant, key)
+    if fq is not None:  # real kernels against the fake-quant model they were exported from, same images
+        vs_fake_quant = paired_differences(group.suite, fq.loaded, fq.key, variant, key)
     t2 = time.perf_counter()
     fp_feats, _ = group.suite.id_features(group.fp, group.fp_key)
     feats, labels = group.suite.id_features(variant, key)
@@ -237,10 +250,7 @@ def _evaluate_cell(cfg: GridConfig, cell: Cell, group: _Group, device: str, data
     else:
         spectral.update(weight_summary(group.fp_weights, variant.model))
     t3 = time.perf_counter()
-    keep = (key,) if group.last_quant is not None and cell.kind == "quant" else ()  # its integer cell pairs with them
-    group.suite.release(group.fp_key, *keep)
-    if cell.kind == "int":
-        group.last_quant = None
+    group.suite.release(group.fp_key, *((key,) if feeds_int else ()))  # its integer cell pairs with these features
     n = metrics.get("n")
     metrics = {k: v for k, v in metrics.items() if k != "n"}
     return {"hash": cell_hash(cfg, cell), "grid": cfg.name, "cell": cell.as_dict(),
