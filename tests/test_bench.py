@@ -96,3 +96,17 @@ def test_bench_refuses_a_file_as_out_and_unknown_models(tmp_path, capsys):
     assert main(["bench", "--model", "no-such-model", "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "is a file" in err[0] and "unknown model" in err[1]
+
+
+def test_bench_refuses_quant_on_an_export_folder_before_any_output(tmp_path, capsys):
+    from qclip.experiments.bench import BenchConfig
+    from qclip.io.errors import QclipInputError
+
+    folder = tmp_path / "export"
+    folder.mkdir()
+    (folder / "export.json").write_text("{}")
+    assert main(["bench", "--model", str(folder), "--quant", "w8a8", "--out", str(tmp_path / "b")]) == 2
+    assert "export folder (already quantized): drop --quant" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+    with pytest.raises(QclipInputError, match="drop --quant"):  # the config itself refuses it (API users)
+        BenchConfig(model=str(folder), quant="w8a8")

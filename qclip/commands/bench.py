@@ -42,8 +42,6 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from qclip.experiments.bench import BenchConfig, bench_markdown, parse_batches, run_bench, write_bench
-    from qclip.io.errors import QclipInputError
-    from qclip.io.models import export_dir_of
 
     from .flags import parse_quant
 
@@ -51,9 +49,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = BenchConfig(model=args.model, pretrained=args.pretrained, quant=None if qspec is None else str(qspec),
                       compile=args.compile, batches=parse_batches(args.batch), device=args.device,
                       repeats=args.repeats, warmup=args.warmup, min_time=args.min_time, dataset=args.dataset,
-                      calib_batches=args.calib_batches)  # validates (exit 2)
-    if qspec is not None and export_dir_of(args.model) is not None:
-        raise QclipInputError(f"--model {args.model} is an export folder (already quantized): drop --quant")
+                      calib_batches=args.calib_batches)  # validates (exit 2), an export folder with --quant too
     check_outputs(dirs={"--out": args.out})  # before any model is loaded
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -92,6 +92,8 @@ class BenchConfig:
         bad = [v for v in self.variants if v not in VARIANTS]
         if bad:
             raise ConfigError(f"unknown bench variant {bad[0]!r} (known: {', '.join(VARIANTS)})")
+        if self.quant and export_dir_of(self.model) is not None:
+            raise QclipInputError(f"--model {self.model} is an export folder (already quantized): drop --quant")
 
 
 @dataclass
@@ -160,8 +162,6 @@ def _build_models(cfg: BenchConfig, data_root: str | None) -> tuple[dict[str, Lo
     export = export_dir_of(cfg.model)
     models: dict[str, LoadedModel] = {}
     if export is not None:
-        if cfg.quant:
-            raise QclipInputError(f"--model {cfg.model} is an export folder (already quantized): drop --quant")
         manifest = read_export_manifest(export)
         models["fp"] = load_model(f"local-dir:{export / 'float'}", device=cfg.device)
         if manifest["maps"]:
