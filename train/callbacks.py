@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import lightning as L
@@ -86,7 +85,7 @@ class ExportQAT(L.Callback):
         spec = parse_spec(spec_text) if self.int_export and spec_text else None
         source = {"model": pl_module.hparams.model, "pretrained": pl_module.hparams.pretrained, "quant": spec_text,
                   "qat_backend": pl_module.hparams.backend, "global_step": trainer.global_step}
-        manifest = save_export_dir(copy.deepcopy(pl_module.model).cpu().eval(), spec, out, model_cfg=model_cfg,
+        manifest = save_export_dir(pl_module.model, spec, out, model_cfg=model_cfg,  # copies it to the CPU itself
                                    preprocess_cfg=preprocess_cfg, source=source)
         s = manifest["summary"]
         print(f"qclip: exported {out / 'float'}" + (f" and the integer model ({s['integer_arithmetic']}/{s['maps']} "
