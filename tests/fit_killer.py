@@ -42,3 +42,16 @@ class KillAt(L.Callback):
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         if trainer.current_epoch == self.epoch:
             _die()
+
+
+class StallAt(L.Callback):
+    """Block this process after optimizer step `step` until it is killed from outside, so an outside kill that
+    lands anywhere after the first checkpoint always finds the fit unfinished, however fast the machine is."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            while True:
+                signal.pause()

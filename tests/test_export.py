@@ -210,11 +210,14 @@ def test_eval_of_an_export_folder_scores_the_integer_model(vit_w8a8, wds_root, t
     float_cached, _ = dataset_features(floats.model, floats.preprocess, spec,
                                        model_key=model_fingerprint(floats.model), limit=64, num_workers=0,
                                        progress=False)
+    # cached (eval's batches) vs this loop's batch of 64: oneDNN may pick another int8 kernel per batch size (VNNI,
+    # AMX), which moves float32 requantization by ulps: 1e-5 on O(1) features, 10x under the float-vs-int gap
     assert torch.allclose(cached, feats, atol=1e-5) and not torch.allclose(cached, float_cached, atol=1e-4)
     # --quant on an export folder is refused in one line
     assert main(["eval", "--model", str(vit_w8a8), "--quant", "w8a8", "--out", str(tmp_path / "x.json"), *common]) == 2
 
 
+@pytest.mark.slow
 def test_eval_compile_runs_the_compiled_integer_tower(vit_w8a8, wds_root, tmp_path):
     common = ["--dataset", "wds/cifar10", "--data-root", str(wds_root), "--limit", "32", "--batch-size", "32",
               "--bootstrap", "0", "--workers", "0", "--no-progress"]

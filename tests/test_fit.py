@@ -91,6 +91,7 @@ def test_bad_config_exits_2(capsys):
     assert "spectral_lambda" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes(micro_dir, tmp_path):
     root = tmp_path / "ddp"
     exe = str(Path(sys.executable).with_name("qclip"))

@@ -17,6 +17,7 @@ def _rows(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_spectrum_writes_csvs_plots_and_summary(micro_dir, wds_root, tmp_path, capsys):
     out = tmp_path / "spec"
     rc = main(["spectrum", "--model", f"local-dir:{micro_dir}", "--quant", "w4a8", "--truncate", "rank-f0.5",
@@ -66,6 +67,7 @@ def test_spectrum_fp_only_and_wandb_offline(micro_dir, tmp_path, monkeypatch):
     assert list((out / "wandb").glob("offline-run-*")), "wandb did not write an offline run"
 
 
+@pytest.mark.slow
 def test_spectrum_wandb_with_features_logs_line_plots(micro_dir, wds_root, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     out = tmp_path / "wb"

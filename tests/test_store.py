@@ -49,7 +49,8 @@ def test_concurrent_writers_never_duplicate(tmp_path):
     for p in procs:
         p.start()
     for p in procs:
-        p.join(60)
+        p.join(600)  # a hang guard only: the count below waits for both writers to have exited
+        assert p.exitcode == 0, f"writer {p.name} exit code {p.exitcode} (None: still running after 600 s)"
     records = ResultsStore(path).records()
     hashes = [r["hash"] for r in records]
     assert len(hashes) == len(set(hashes)) == 30
