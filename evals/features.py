@@ -24,10 +24,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision.transforms import Compose, Normalize, ToTensor
 from torchvision.transforms.functional import get_image_num_channels, to_tensor
-from tqdm.auto import tqdm
 
 from qclip.io.data import DatasetSpec, make_loader
 from qclip.io.paths import atomic_write_bytes, cache_dir
+from qclip.io.progress import progress_bar
 
 __all__ = ["extract_image_features", "split_normalize", "byte_pipeline", "bytes_to_float", "dataset_features",
            "DecodedImages", "shard_fingerprints"]
@@ -47,7 +47,7 @@ def extract_image_features(model: nn.Module, loader: Iterable, *, device: str | 
     feats, labels = [], []
     batches = iter(loader)
     try:
-        with tqdm(total=total, desc=desc, unit="img", disable=not progress) as bar:
+        with progress_bar(total, desc=desc, unit="img", enabled=progress) as bar:
             for batch in batches:
                 images, target = batch[0].to(device, non_blocking=True), batch[1]
                 if batch_transform is not None:

@@ -18,6 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from qclip.io.paths import atomic_write_bytes, cache_dir
+from qclip.io.progress import is_terminal
 
 if TYPE_CHECKING:
     from qclip.io.data import DatasetSpec
@@ -68,7 +69,7 @@ def build_zero_shot_classifier(model: nn.Module, tokenizer: Callable, classnames
         raise ValueError("need at least one class name and one template")
     columns = []
     chunks = range(0, len(classnames), batch_classes)
-    for start in tqdm(chunks, desc="text classifier", disable=not progress, leave=False):
+    for start in tqdm(chunks, desc="text classifier", disable=not (progress and is_terminal()), leave=False):
         names = classnames[start:start + batch_classes]
         texts = [_fill(t, c) for c in names for t in templates]
         tokens = tokenizer(texts).to(device)

@@ -21,11 +21,13 @@ from lightning.pytorch.loggers import WandbLogger
 
 from qclip.io.errors import ConfigError, ModelLoadError, one_line
 from qclip.io.models import load_error_reason
+from qclip.io.progress import is_terminal
 
 from .callbacks import ExportQAT, SpectralDiagnostics
 from .checkpointing import AtomicCheckpointIO, ResumeCheckpoint
 from .data import PairDataModule
 from .module import QATCLIPModule
+from .progress import LogProgressCallback
 
 __all__ = ["run_fit"]
 
@@ -61,6 +63,9 @@ class QclipCLI(LightningCLI):
             config["logger"] = WandbLogger(project="qclip", offline=offline, save_dir=str(root))
         present = {type(c) for c in [*(config.get("callbacks") or []), *callbacks]}
         defaults = [SpectralDiagnostics(), ExportQAT()]
+        if config.get("enable_progress_bar") in (None, True) and not is_terminal():
+            config["enable_progress_bar"] = False  # a log gets plain lines, not carriage-return bars
+            defaults.append(LogProgressCallback(desc="fit"))
         callbacks = [*callbacks, *(c for c in defaults if type(c) not in present)]
         plugins = config.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]

@@ -31,6 +31,7 @@ from qclip.io.demo import (
 )
 from qclip.io.models import save_open_clip_dir
 
+from .progress import progress_settings
 from .schedule import warmup_cosine
 
 __all__ = ["DemoRecipe", "DemoPretrainModule", "random_crop_flip", "load_uint8_images", "pretrain_demo",
@@ -159,10 +160,11 @@ def pretrain_demo(out_dir: str | Path | None = None, recipe: DemoRecipe | None =
                                 recipe.weight_decay, recipe.warmup_steps)
     loader = DataLoader(TensorDataset(images, labels), batch_size=min(recipe.batch_size, len(labels)),
                         shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(recipe.seed))
-    trainer = L.Trainer(max_epochs=recipe.epochs, max_steps=recipe.max_steps,
+    show_bar, progress_callbacks = progress_settings(progress)
+    trainer = L.Trainer(max_epochs=recipe.epochs, max_steps=recipe.max_steps, callbacks=progress_callbacks,
                         precision=resolve_precision(recipe.precision),
                         accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
+                        enable_progress_bar=show_bar, enable_model_summary=False, num_sanity_val_steps=0,
                         deterministic=True)
     t1 = time.perf_counter()
     trainer.fit(module, loader)

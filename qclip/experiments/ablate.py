@@ -31,6 +31,7 @@ from qclip.evals.suite import (
 from qclip.evals.zeroshot import model_fingerprint
 from qclip.io.errors import QclipInputError
 from qclip.io.models import LoadedModel, load_model
+from qclip.io.progress import progress_bar
 from qclip.io.records import CellRecord, QuantSummary
 from qclip.io.store import ResultsStore, config_hash
 
@@ -281,8 +282,6 @@ def run_grid(cfg: GridConfig, out: str | os.PathLike, *, shard: tuple[int, int] 
     """Evaluate this shard's cells not yet stored under `out`; merge and write the report once all are stored.
 
     Decoded images are kept in memory across the cells of a (model, seed) up to `image_cache_mb` (0: off)."""
-    from tqdm.auto import tqdm
-
     index, count = shard
     if cfg.integer and torch.device(device).type != "cpu":
         raise QclipInputError("integer: true runs oneDNN's CPU int8 kernels: run this grid with --device cpu, or "
@@ -298,8 +297,8 @@ def run_grid(cfg: GridConfig, out: str | os.PathLike, *, shard: tuple[int, int] 
     groups: dict[tuple, _Group] = {}
     suite_kw = dict(data_root=data_root, device=device, batch_size=batch_size or cfg.batch_size,
                     num_workers=num_workers, progress=False, use_cache=use_cache, image_cache_mb=image_cache_mb)
-    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc=f"ablate {cfg.name}", unit="cell",
-               disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(len(cells), initial=len(cells) - len(todo), desc=f"ablate {cfg.name}", unit="cell",
+                       enabled=progress)
     from qclip.quant.truncation import reuse_svds
 
     # truncation cells decompose each FP weight once per grid, not once per cell (bit-identical results)

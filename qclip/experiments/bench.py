@@ -28,11 +28,11 @@ from typing import Callable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from qclip.io.errors import ConfigError, QclipInputError
 from qclip.io.models import LoadedModel, export_dir_of, load_export_dir, load_model, read_export_manifest
 from qclip.io.paths import atomic_write_text
+from qclip.io.progress import progress_bar
 from qclip.io.validate import check_float, check_int
 
 __all__ = ["BenchConfig", "VARIANTS", "parse_batches", "run_bench", "bench_markdown", "write_bench", "weight_bytes",
@@ -307,7 +307,7 @@ def run_bench(cfg: BenchConfig, *, data_root: str | None = None, progress: bool 
     calls: dict[tuple[str, int], int] = {}
     outputs: dict[str, torch.Tensor] = {}
     largest = max(cfg.batches)
-    with tqdm(total=len(variants) * len(cfg.batches), desc="bench warm-up", disable=not progress) as bar:
+    with progress_bar(len(variants) * len(cfg.batches), desc="bench warm-up", enabled=progress) as bar:
         for b in cfg.batches:
             for v in variants:
                 t0 = time.perf_counter()
@@ -323,7 +323,7 @@ def run_bench(cfg: BenchConfig, *, data_root: str | None = None, progress: bool 
                 calls[(v.name, b)] = max(1, min(100, math.ceil(cfg.min_time / max(once, 1e-6))))
                 bar.update()
     times: dict[tuple[str, int], list[float]] = {k: [] for k in calls}
-    with tqdm(total=cfg.repeats * len(variants) * len(cfg.batches), desc="bench", disable=not progress) as bar:
+    with progress_bar(cfg.repeats * len(variants) * len(cfg.batches), desc="bench", enabled=progress) as bar:
         for r in range(cfg.repeats):
             order = variants[r % len(variants):] + variants[:r % len(variants)]
             for b in cfg.batches:
