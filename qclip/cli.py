@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import select
 import sys
 import traceback
+from typing import Callable
 
 __all__ = ["main", "build_parser"]
 
@@ -52,16 +55,34 @@ def _run_fit(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print("qclip: interrupted", file=sys.stderr)
         return 130
-    except Exception:  # a bug, not bad input: the traceback is for a bug report
+    except Exception as exc:  # a bug, not bad input: the traceback is for a bug report
+        if isinstance(exc, BrokenPipeError) and _stdout_reader_gone():
+            raise  # not a bug: main() stops quietly
         traceback.print_exc()
         print("qclip: internal error (see the traceback above)", file=sys.stderr)
         return EXIT_INTERNAL
     return EXIT_OK
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A handler writing to whatever `sys.stderr` is when a record is emitted (it may be replaced after set-up)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        """The current `sys.stderr`."""
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _configure_logging() -> None:
     """Warnings of qclip's packages to stderr; Lightning's start-up banners and tips silenced."""
-    handler = logging.StreamHandler()
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("qclip: %(levelname)s: %(message)s"))
     for name in ("qclip",):
         logger = logging.getLogger(name)
@@ -75,9 +96,44 @@ def _configure_logging() -> None:
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 
 
+def _stdout_reader_gone() -> bool:
+    """True when stdout is a pipe whose reader has closed it (a broken pipe elsewhere stays an internal error)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll() on this platform, or stdout is not a real file
+        return True
+
+
+def _quiet_on_broken_pipe(run: Callable[[], int]) -> int:
+    """Run a command; when its reader went away (`qclip data list | head -1`), stop quietly with status 0.
+
+    The output is flushed here so that a closed pipe shows up now rather than at interpreter exit, and stdout is then
+    pointed at /dev/null so that the interpreter's own final flush cannot fail again (the Python docs' recipe).
+    """
+    try:
+        code = run()
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout is not a real file (captured, replaced): nothing left to silence
+            pass
+        finally:
+            os.close(devnull)
+        return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run `qclip` with `argv` (default: sys.argv[1:]); return the exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Run `qclip` with `argv` (default: sys.argv[1:]); return the exit status (0 also when the reader of stdout
+    closed it early)."""
+    return _quiet_on_broken_pipe(lambda: _main(list(sys.argv[1:] if argv is None else argv)))
+
+
+def _main(argv: list[str]) -> int:
     if argv and argv[0] == "fit":  # a LightningCLI owns its own arguments
         return _run_fit(argv[1:])
     parser = build_parser()
@@ -98,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("qclip: interrupted", file=sys.stderr)
         return 130
-    except Exception:
+    except Exception as exc:
+        if isinstance(exc, BrokenPipeError) and _stdout_reader_gone():
+            raise  # not a bug: main() stops quietly
         traceback.print_exc()
         print("qclip: internal error (see the traceback above)", file=sys.stderr)
         return EXIT_INTERNAL

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from qclip.cli import main
@@ -38,3 +42,41 @@ def test_fit_refuses_bad_hyper_parameters_before_building(tmp_path, capsys, flag
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
     assert not any(tmp_path.iterdir())  # no wandb run, checkpoint or config was written
+
+
+def _qclip(args: list[str], tmp_path, **popen) -> subprocess.Popen:
+    env = {**os.environ, "QCLIP_CACHE_DIR": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "qclip.cli", *args], env=env, stderr=subprocess.PIPE, **popen)
+
+
+@pytest.mark.parametrize("reader", ["gone-before-start", "closes-after-one-line"])
+def test_a_closed_stdout_pipe_ends_quietly_with_status_0(tmp_path, reader):
+    """`qclip data list | head -1`: a reader that went away is not an error. With the read end closed before the
+    command starts, its first write fails for sure; a reader that takes one line and closes is the real `head -1`
+    (the command may or may not have written the rest by then)."""
+    r, w = os.pipe()
+    if reader == "gone-before-start":
+        os.close(r)
+        proc = _qclip(["data", "list"], tmp_path, stdout=w)
+        os.close(w)
+        first = None
+    else:
+        proc = _qclip(["data", "list"], tmp_path, stdout=w)
+        os.close(w)
+        with os.fdopen(r, "rb") as out:
+            first = out.readline()
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait() == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err and "internal error" not in err, err
+    assert first is None or first.startswith(b"name ")
+
+
+def test_a_broken_pipe_elsewhere_stays_an_internal_error(tmp_path):
+    """Only a closed stdout is quiet: a BrokenPipeError from anything else, with stdout still open, is a bug."""
+    code = ("import sys, qclip.commands.data as d\n"
+            "def run(args):\n    raise BrokenPipeError(32, 'Broken pipe (a worker pipe)')\n"
+            "d.run = run\nfrom qclip.cli import main\nsys.exit(main(['data', 'list']))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "QCLIP_CACHE_DIR": str(tmp_path / "cache")})
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "internal error" in proc.stderr

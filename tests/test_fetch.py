@@ -6,11 +6,13 @@
 from __future__ import annotations
 
 import copy
+import email.utils
 import gzip
 import hashlib
 import http.server
 import io
 import json
+import logging
 import random
 import re
 import tarfile
@@ -21,10 +23,11 @@ import pytest
 from PIL import Image
 
 from qclip.cli import main
-from qclip.io import registry
-from qclip.io.build import pack_shard
+from qclip.io import download, registry
+from qclip.io.build import pack_shard, source_filter
 from qclip.io.data import WdsImageDataset, iter_wds_samples, resolve_dataset
-from qclip.io.errors import QclipInputError
+from qclip.io.errors import DataError, QclipInputError
+from qclip.io.integrity import tree_digest
 
 REAL_REGISTRY = json.loads((registry.REGISTRY_DIR / "datasets.json").read_text())
 REAL_TEXT = json.loads((registry.REGISTRY_DIR / "text.json").read_text())
@@ -34,11 +37,13 @@ REAL_TEXT = json.loads((registry.REGISTRY_DIR / "text.json").read_text())
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     """Static files with `Range: bytes=N-` support and fault injection: the first `drops` responses (all when -1)
-    send half their body and close the connection."""
+    send half their body and close the connection; `script` answers the first requests of a path (in order) with an
+    HTTP status (and optional `Retry-After` value) or with other bytes than the served file's (`bytes` entries)."""
 
     root: Path
     drops = 0
     requests: list = []
+    script: dict = {}
 
     def log_message(self, format, *args):  # noqa: A002 - stdlib signature
         """No access log."""
@@ -47,11 +52,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         """Serve a file (or a range of it), maybe cut short."""
         rng = self.headers.get("Range")
         type(self).requests.append((self.path, rng))
+        steps = type(self).script.get(self.path.lstrip("/"), [])
+        step = steps.pop(0) if steps else None
+        if isinstance(step, tuple):  # (status, Retry-After or None)
+            self.send_response(step[0])
+            if step[1] is not None:
+                self.send_header("Retry-After", step[1])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         path = self.root / self.path.lstrip("/")
         if not path.is_file():
             self.send_error(404, "Not Found")
             return
-        data = path.read_bytes()
+        data = step if isinstance(step, bytes) else path.read_bytes()
         start = int(rng[len("bytes="):].rstrip("-")) if rng else 0
         body = data[start:]
         self.send_response(206 if rng else 200)
@@ -73,7 +87,7 @@ def server(tmp_path, monkeypatch):
     """A loopback server over `tmp_path/srv`, set as `QCLIP_DATA_BASE_URL`; yields (folder, handler class)."""
     root = tmp_path / "srv"
     root.mkdir()
-    handler = type("Handler", (_Handler,), {"root": root, "drops": 0, "requests": []})
+    handler = type("Handler", (_Handler,), {"root": root, "drops": 0, "requests": [], "script": {}})
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
@@ -81,7 +95,8 @@ def server(tmp_path, monkeypatch):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("QCLIP_DATA_BASE_URL", f"http://127.0.0.1:{httpd.server_address[1]}/")
     monkeypatch.setenv("QCLIP_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr("qclip.io.download.time.sleep", lambda s: None)
+    monkeypatch.setattr("qclip.io.download._sleep", lambda s: None)
+    monkeypatch.delenv("QCLIP_FETCH_RETRY_BUDGET_S", raising=False)
     try:
         yield root, handler
     finally:
@@ -184,7 +199,8 @@ def _no_partial(root: Path, name: str) -> None:
 
 
 def _one_error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
+    """The error line on stderr; retry and set-aside warnings (`qclip: WARNING: ...`) may come before it."""
+    err = [ln for ln in capsys.readouterr().err.strip().splitlines() if not ln.startswith("qclip: WARNING: ")]
     assert len(err) == 1 and err[0].startswith("qclip: error: "), err
     return err[0]
 
@@ -385,13 +401,15 @@ def test_fetch_faults_are_one_line_exit_2_without_partial_data(server, tmp_path,
     capsys.readouterr()
     assert main(["data", "fetch", name, "--data-root", str(root), "--no-progress"]) == 2
     line = _one_error_line(capsys)
-    needle = {"persistent-drop": "the connection dropped 4 times", "checksum": "checksum mismatch for http://127.0.0.1",
+    needle = {"persistent-drop": "the connection dropped after", "checksum": "checksum mismatch for http://127.0.0.1",
               "404": "HTTP 404", "tree": "differ from the registry (source tree sha256"}[fault]
     assert needle in line
     _no_partial(root, name)
     if fault == "checksum":
         left = [p.name for p in (tmp_path / "cache" / "sources").iterdir() if p.name.startswith("fashion-mnist-t10k-i")]
-        assert left == ["fashion-mnist-t10k-images-idx3-ubyte.gz.lock"]  # the bad download was deleted
+        # the bad download was set aside, twice (one fresh try after the first mismatch); nothing is trusted
+        assert sorted(left) == ["fashion-mnist-t10k-images-idx3-ubyte.gz.bad",
+                                "fashion-mnist-t10k-images-idx3-ubyte.gz.lock"]
 
 
 def test_build_failure_leaves_no_partial_dataset(server, tmp_path, monkeypatch, capsys):
@@ -404,6 +422,199 @@ def test_build_failure_leaves_no_partial_dataset(server, tmp_path, monkeypatch, 
     assert "built fashion_mnist/test/0.tar differs from the registry" in _one_error_line(capsys)
     _no_partial(root, "fashion_mnist")
     assert sorted(p.name for p in root.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------------- healing
+
+def _pacs_sources(srv: Path, tmp_path, monkeypatch) -> tuple[dict, Path, bytes, bytes]:
+    """Serve a small PACS archive and pin pacs_photo's source tree to it; return the source record, the cache path
+    of the archive, the good archive bytes and a tampered copy (one byte of one photo flipped)."""
+    files = _serve_pacs(srv)
+    source = REAL_REGISTRY["sources"]["pacs"]
+    entry = {"name": "pacs_photo", **REAL_REGISTRY["datasets"]["pacs_photo"]}
+    want = source_filter(entry, REAL_TEXT["classnames"][entry["classnames"]])
+    good_tree = tree_digest({rel: data for rel, data in files.items() if want(rel)})
+    _test_registry(tmp_path, monkeypatch, lambda reg: reg["datasets"]["pacs_photo"].update(
+        source_tree_sha256=good_tree))
+    good = (srv / source["path"]).read_bytes()
+    photo = next(rel for rel in sorted(files) if rel.startswith("PACS/photo/"))
+    raw = bytearray(files[photo])
+    raw[len(raw) // 2] ^= 0x01
+    _github_tarball(tmp_path / "tampered.tar.gz", source, {**files, photo: bytes(raw)})
+    return source, tmp_path / "cache" / "sources" / source["file"], good, (tmp_path / "tampered.tar.gz").read_bytes()
+
+
+@pytest.mark.parametrize("where", ["served-first", "left-in-cache"])
+def test_tampered_source_is_set_aside_and_fetched_again(server, tmp_path, monkeypatch, capsys, where):
+    """A source archive whose files fail the registry's tree check is moved to `*.bad` and downloaded once more:
+    whether the server sent bad bytes first and good ones next, or an earlier run left bad bytes in the cache."""
+    srv, handler = server
+    source, cached, good, tampered = _pacs_sources(srv, tmp_path, monkeypatch)
+    if where == "served-first":
+        handler.script[source["path"]] = [tampered]
+    else:
+        cached.parent.mkdir(parents=True)
+        cached.write_bytes(tampered)
+    root = tmp_path / "data"
+    assert main(["data", "fetch", "pacs_photo", "--data-root", str(root), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert f"qclip: WARNING: {cached} (from http://127.0.0.1:" in err and "source tree sha256" in err
+    assert cached.read_bytes() == good
+    assert cached.with_name(cached.name + ".bad").read_bytes() == tampered
+    fetched = [r for r in handler.requests if r[0].lstrip("/") == source["path"]]
+    assert len(fetched) == (2 if where == "served-first" else 1)
+    assert len((root / "wds_pacs_photo" / "sources_test.tsv").read_text().splitlines()) == 14  # 7 classes x 2
+
+
+def test_always_tampered_source_names_file_and_url_then_heals(server, tmp_path, monkeypatch, capsys):
+    srv, handler = server
+    source, cached, good, tampered = _pacs_sources(srv, tmp_path, monkeypatch)
+    (srv / source["path"]).write_bytes(tampered)
+    root = tmp_path / "data"
+    assert main(["data", "fetch", "pacs_photo", "--data-root", str(root), "--no-progress"]) == 2
+    line = _one_error_line(capsys)
+    url = registry.source_url(source)
+    assert f"{cached} (from {url}) failed its check again after a fresh download" in line
+    assert "source tree sha256" in line and line.endswith(f"the bad copy is kept as {cached}.bad")
+    assert len([r for r in handler.requests if r[0].lstrip("/") == source["path"]]) == 2
+    assert not cached.exists()  # nothing bad is left where the next run would trust it
+    _no_partial(root, "pacs_photo")
+    (srv / source["path"]).write_bytes(good)  # the server is fixed: the next run heals without any cleanup
+    assert main(["data", "fetch", "pacs_photo", "--data-root", str(root), "--no-progress"]) == 0
+    assert cached.read_bytes() == good and (root / "wds_pacs_photo").is_dir()
+
+
+def test_failed_build_refetches_sources_without_a_digest(server, tmp_path, monkeypatch, capsys):
+    """Without a registry digest a bad source shows only when the build fails: its sources are set aside, fetched
+    once more and the build retried."""
+    srv, handler = server
+    _serve_fashion(srv)
+    _test_registry(tmp_path, monkeypatch)
+    images = REAL_REGISTRY["sources"]["fashion-mnist-t10k-images"]
+    truncated = gzip.decompress((srv / images["path"]).read_bytes())[:-5]  # valid gzip, short IDX body
+    handler.script[images["path"]] = [gzip.compress(truncated, mtime=0)]
+    root = tmp_path / "data"
+    assert main(["data", "fetch", "fashion_mnist", "--data-root", str(root), "--no-progress"]) == 0
+    assert "is not an IDX image file" in capsys.readouterr().err
+    assert len([r for r in handler.requests if "t10k-images" in r[0]]) == 2
+    assert len([r for r in handler.requests if "t10k-labels" in r[0]]) == 2  # no digest either: fetched again too
+    assert len(list(iter_wds_samples(str(root / "wds_fashion_mnist/test/0.tar")))) == 30
+
+
+# ---------------------------------------------------------------------------------------------------- back-off
+
+class _Waits(list):
+    """The back-off waits asked for, in seconds; `then[i]` is called at the i-th wait (0-based)."""
+
+    def __init__(self):
+        super().__init__()
+        self.then: dict = {}
+
+    def __call__(self, seconds: float) -> None:
+        if len(self) in self.then:
+            self.then[len(self)]()
+        self.append(seconds)
+
+
+@pytest.fixture()
+def waits(monkeypatch):
+    """Record the back-off waits instead of sleeping (the tests take no wall time)."""
+    recorded = _Waits()
+    monkeypatch.setattr(download, "_sleep", recorded)
+    monkeypatch.delenv("QCLIP_FETCH_RETRY_BUDGET_S", raising=False)
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    return recorded
+
+
+def test_backoff_rides_out_a_refusing_then_busy_server(tmp_path, monkeypatch, waits, caplog):
+    """Connections are refused until the third wait, then the server answers 503, 503 with an HTTP-date Retry-After
+    25 s ahead, 429 with Retry-After 20, and finally the file: every wait is recorded, none slept."""
+    body = bytes(range(256)) * 40
+    (tmp_path / "srv").mkdir()
+    (tmp_path / "srv" / "f.bin").write_bytes(body)
+    now = 1_700_000_000.0
+    monkeypatch.setattr(download, "_clock", lambda: now)
+    handler = type("Handler", (_Handler,), {"root": tmp_path / "srv", "drops": 0, "requests": [], "script": {
+        "f.bin": [(503, None), (503, email.utils.formatdate(now + 25, usegmt=True)), (429, "20")]}})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler, bind_and_activate=False)
+    httpd.server_bind()  # bound but not listening: a connection is refused
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def start() -> None:
+        httpd.server_activate()
+        thread.start()
+
+    waits.then[2] = start
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/f.bin"
+    try:
+        with caplog.at_level(logging.WARNING, logger="qclip.io.download"):
+            path = download.fetch(url, tmp_path / "cache" / "f.bin", progress=False)
+    finally:
+        if thread.is_alive():
+            httpd.shutdown()
+        httpd.server_close()
+    assert path.read_bytes() == body
+    # 0.5 s doubling for the refusals and the first 503; Retry-After wins over the computed 8 s and 15 s waits
+    assert waits == [0.5, 1.0, 2.0, 4.0, 25.0, 20.0]
+    assert sum(waits) >= 10
+    assert len(handler.requests) == 4  # 503, 503, 429, 200: the refused attempts never reached the handler
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 6 and all("retrying in" in ln for ln in lines)
+    assert "HTTP 429" in lines[-1] and "retrying in 20.0 s" in lines[-1]
+
+
+def test_backoff_gives_up_at_the_budget_and_keeps_the_part_file(server, tmp_path, monkeypatch, waits):
+    srv, handler = server
+    body = bytes(range(256)) * 64
+    (srv / "big.bin").write_bytes(body)
+    monkeypatch.setenv("QCLIP_FETCH_RETRY_BUDGET_S", "10")
+    handler.script["big.bin"] = [(503, None)] * 50
+    dest = tmp_path / "cache" / "big.bin"
+    url = registry.source_url({"host": "x", "path": "big.bin"})
+    with pytest.raises(DataError) as ei:
+        download.fetch(url, dest, progress=False)
+    assert waits == [0.5, 1.0, 2.0, 4.0]  # the next wait (8 s) would pass the 10 s budget
+    assert "HTTP 503" in str(ei.value) and "gave up after 5 attempts" in str(ei.value)
+    assert "nothing downloaded yet" in str(ei.value)
+    # a server that keeps dropping the connection mid-body: the bytes so far stay in the .part file
+    handler.script.clear()
+    handler.drops = -1
+    waits.clear()
+    with pytest.raises(DataError) as ei:
+        download.fetch(url, dest, progress=False)
+    part = dest.with_name("big.bin.part")
+    size = part.stat().st_size
+    assert 0 < size < len(body) and f"{size} bytes kept in {part}; the next call resumes it" in str(ei.value)
+    assert sum(waits) <= 10 and "\n" not in str(ei.value)
+    handler.drops = 0
+    handler.requests.clear()
+    assert download.fetch(url, dest, progress=False).read_bytes() == body
+    assert handler.requests == [("/big.bin", f"bytes={size}-")]  # resumed, not restarted
+
+
+@pytest.mark.parametrize("status", [403, 404])
+def test_client_errors_are_not_retried(server, tmp_path, waits, status):
+    srv, handler = server
+    handler.script["gone.bin"] = [(status, None)]
+    with pytest.raises(DataError) as ei:
+        download.fetch(registry.source_url({"host": "x", "path": "gone.bin"}), tmp_path / "gone.bin", progress=False)
+    assert f"HTTP {status}" in str(ei.value) and waits == [] and len(handler.requests) == 1
+
+
+def test_retry_after_forms_and_budget_variable(monkeypatch):
+    now = email.utils.parsedate_to_datetime("Wed, 21 Oct 2015 07:28:00 GMT").timestamp()
+    assert download.retry_after_seconds("120", now) == 120.0
+    assert download.retry_after_seconds("Wed, 21 Oct 2015 07:28:30 GMT", now) == 30.0
+    assert download.retry_after_seconds("Wed, 21 Oct 2015 07:00:00 GMT", now) == 0.0  # in the past: no wait
+    assert download.retry_after_seconds("soon", now) is None and download.retry_after_seconds(None, now) is None
+    monkeypatch.delenv("QCLIP_FETCH_RETRY_BUDGET_S", raising=False)
+    assert download.retry_budget() == download.RETRY_BUDGET_S == 60.0
+    monkeypatch.setenv("QCLIP_FETCH_RETRY_BUDGET_S", "2.5")
+    assert download.retry_budget() == 2.5
+    monkeypatch.setenv("QCLIP_FETCH_RETRY_BUDGET_S", "-1")
+    with pytest.raises(QclipInputError, match="QCLIP_FETCH_RETRY_BUDGET_S"):
+        download.retry_budget()
 
 
 # ---------------------------------------------------------------------------------------------------- first use

@@ -120,3 +120,58 @@ def test_every_package_folder_is_listed_for_the_wheel():
             found.add(name)
     assert found <= set(cfg["packages"]), sorted(found - set(cfg["packages"]))
     assert {"qclip.commands", "qclip.io", "qclip.experiments", "qclip.evals.metrics"} <= found
+
+
+def _module_graph(prefix: str) -> dict[str, set[str]]:
+    """Module -> the modules under `prefix` it imports (at module level or inside functions; `from P import m`
+    counts as an import of the submodule `P.m` when that is a module)."""
+    known = {m for m, _ in MODULES if m == prefix or m.startswith(prefix + ".")}
+    graph: dict[str, set[str]] = {}
+    for module, path in MODULES:
+        if module not in known:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        base = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+        targets = []
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                targets += [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                anchor = ".".join(base[:len(base) - (node.level - 1)]) if node.level else ""
+                parent = ".".join(p for p in (anchor, node.module or "") if p)
+                targets += [parent, *(f"{parent}.{a.name}" for a in node.names)]
+        graph[module] = {t for t in targets if t in known and t != module}
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of the graph, or None."""
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        state[node] = 2
+        path.pop()
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_the_foundation_has_no_import_cycle():
+    """Within qclip.io no module imports one that imports it back, not even inside a function (build and verify
+    once did: the digests and shard checks they share live in qclip.io.integrity)."""
+    graph = _module_graph("qclip.io")
+    assert {"qclip.io.build", "qclip.io.verify", "qclip.io.integrity"} <= set(graph)
+    assert "qclip.io.integrity" in graph["qclip.io.build"] and "qclip.io.integrity" in graph["qclip.io.verify"]
+    assert _cycle(graph) is None, " -> ".join(_cycle(graph))
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]  # the checker sees one

@@ -10,7 +10,6 @@ order, keys, tar and gzip settings) is data in the registry; this module only in
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import os
 import random
@@ -26,12 +25,11 @@ from typing import Callable
 from PIL import Image, UnidentifiedImageError
 
 from .errors import DataError
+from .integrity import SHARD_SIZE, check_shard_content, file_digest, sha256_bytes
 
-__all__ = ["SHARD_SIZE", "BuildResult", "read_tar_source", "read_gz_source", "tree_digest", "source_filter",
-           "plan_samples", "encode_image", "pack_shard", "text_files", "build_dataset", "sha256_bytes", "sha256_file"]
+__all__ = ["BuildResult", "read_tar_source", "read_gz_source", "source_filter", "plan_samples", "encode_image",
+           "pack_shard", "text_files", "build_dataset"]
 
-#: Samples per shard (CLIP_benchmark's public sets use at most 10,000).
-SHARD_SIZE = 10_000
 _KEY = "s{:09d}"
 
 
@@ -43,20 +41,6 @@ class BuildResult:
     path: Path
     samples: dict[str, int]
     reencoded: tuple[str, ...] = ()
-
-
-def sha256_bytes(data: bytes) -> str:
-    """Hex sha256 of bytes."""
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_tar_source(path: str | os.PathLike, strip: int, want: Callable[[str], bool]) -> dict[str, bytes]:
@@ -86,12 +70,6 @@ def read_gz_source(path: str | os.PathLike) -> bytes:
             return f.read()
     except (EOFError, zlib.error, OSError) as exc:
         raise DataError(f"corrupt source file {path}: {exc}") from None
-
-
-def tree_digest(files: dict[str, bytes]) -> str:
-    """sha256 over `path<TAB>sha256(bytes)` lines of the files, sorted by path (the registry's source check)."""
-    lines = "".join(f"{rel}\t{sha256_bytes(files[rel])}\n" for rel in sorted(files))
-    return sha256_bytes(lines.encode("utf-8"))
 
 
 # ------------------------------------------------------------------------------------------------ selection
@@ -261,8 +239,6 @@ def _write(path: Path, data: bytes) -> None:
 
 def _check_content(shard: bytes, samples: list[tuple[str, str, bytes, int]], where: str) -> None:
     """Re-read a packed shard and check it holds exactly the samples (names, labels, decodable images)."""
-    from .verify import check_shard_content
-
     check_shard_content(io.BytesIO(shard), [(k, e, lab) for k, e, _, lab in samples], where)
 
 
@@ -331,7 +307,7 @@ def build_dataset(entry: dict, text: dict, sources: dict[str, dict[str, bytes] |
             path = tmp / rel
             if not path.is_file():
                 raise DataError(f"build of {name} did not produce {rel}")
-            if sha256_file(path) != digest:
+            if file_digest(path) != digest:
                 raise DataError(f"built {name}/{rel} differs from the registry (recipe or source mismatch)")
         for path in [tmp, *tmp.rglob("*")]:  # mkdtemp made the folder 0700: give the usual modes
             path.chmod(0o644 if path.is_file() else 0o755)

@@ -3,7 +3,8 @@
 `qclip/io/registry/text.json` (class names, templates, the ImageNet to CIFAR-10 mapping, READMEs).
 
 `fetch_dataset` downloads a dataset's sources into the user cache (`<cache>/sources/`, kept for other datasets
-built from the same archive) and builds `<root>/wds_NAME/` from them (see `qclip.io.build`). `QCLIP_DATA_BASE_URL`
+built from the same archive; a copy that fails its check is replaced, see `qclip.io.sources`) and builds
+`<root>/wds_NAME/` from them (see `qclip.io.build`). `QCLIP_DATA_BASE_URL`
 replaces every public host (a mirror, or a loopback server in tests): a source's URL becomes `<base>/<path>`.
 """
 
@@ -19,10 +20,10 @@ from typing import Callable
 
 from filelock import FileLock
 
-from .build import BuildResult, build_dataset, read_gz_source, read_tar_source, source_filter, tree_digest
-from .download import fetch
+from .build import BuildResult
 from .errors import DataError, QclipInputError
 from .paths import cache_dir
+from .sources import Source, build_from_sources
 from .verify import VerifyResult, verify_dataset
 
 __all__ = ["REGISTRY_DIR", "BASE_URL_ENV", "load_registry", "dataset_names", "canonical_name", "get_entry",
@@ -98,36 +99,6 @@ def default_fetch_root() -> Path:
     return Path(env) if env else cache_dir("data")
 
 
-def _download_sources(entry: dict, progress: bool) -> dict:
-    """Download (or reuse) every source of a dataset and read what its recipe needs."""
-    reg = load_registry()
-    out: dict = {}
-    for role, source_id in entry["sources"].items():
-        source = reg["sources"][source_id]
-        url = source_url(source)
-        path = fetch(url, cache_dir("sources") / source["file"], progress=progress, sha256=source.get("sha256"),
-                     md5=source.get("md5"))
-        if source["kind"] == "tar":
-            files = read_tar_source(path, int(source.get("strip", 1)),
-                                    source_filter(entry, reg["text"]["classnames"][entry["classnames"]]))
-            want = entry.get("source_tree_sha256")
-            if want and tree_digest(files) != want:
-                raise DataError(f"the files of {entry['name']} in {url} differ from the registry (source tree sha256 "
-                                f"{tree_digest(files)[:12]}..., expected {want[:12]}...; {len(files)} files)")
-            if not files:
-                raise DataError(f"{url} holds none of the files {entry['name']} is built from")
-            out[role] = files
-        elif source["kind"] == "gz":
-            data = read_gz_source(path)
-            want = source.get("content_sha256")
-            if want and hashlib.sha256(data).hexdigest() != want:
-                raise DataError(f"the decompressed content of {url} differs from the registry (sha256)")
-            out[role] = data
-        else:
-            raise DataError(f"source {source_id}: unknown kind {source['kind']!r}")
-    return out
-
-
 def _lock(root: Path, name: str) -> FileLock:
     tag = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
     return FileLock(str(cache_dir("locks") / f"wds_{name}-{tag}.lock"))
@@ -147,10 +118,12 @@ def fetch_dataset(name: str, root: str | os.PathLike | None = None, *, progress:
     with _lock(root, entry["name"]):
         if final.is_dir():
             return final, None
-        sources = _download_sources(entry, progress)
         reg = load_registry()
-        result = build_dataset(entry, reg["text"], sources, root,
-                               progress=(lambda msg: log(msg)) if log and progress else None)
+        sources = {role: Source(reg["sources"][sid], source_url(reg["sources"][sid]),
+                                cache_dir("sources") / reg["sources"][sid]["file"])
+                   for role, sid in entry["sources"].items()}
+        result = build_from_sources(entry, reg["text"], sources, root, progress=progress,
+                                    log=log if log and progress else None)
     return final, result
 
 

@@ -4,20 +4,14 @@ shards (their bytes depend on the Pillow / libjpeg / zlib versions that built th
 
 from __future__ import annotations
 
-import io
 import os
-import tarfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
-from PIL import Image, UnidentifiedImageError
-
-from .build import SHARD_SIZE, sha256_file
 from .errors import DataError
+from .integrity import SHARD_SIZE, check_shard_content, file_digest
 
-__all__ = ["VerifyResult", "check_shard_content", "verify_dataset"]
+__all__ = ["VerifyResult", "verify_dataset"]
 
 
 @dataclass(frozen=True)
@@ -37,47 +31,6 @@ class VerifyResult:
     def line(self) -> str:
         """One line for the CLI."""
         return f"{self.name:28s} {self.status:10s} {self.detail}".rstrip()
-
-
-def check_shard_content(stream: BinaryIO, expected: list[tuple[str, str, int]], where: str,
-                        short_side: int | None = None) -> None:
-    """Check that a (gzip) shard holds exactly the expected `(key, ext, label)` samples in order, as
-    `<key>.<ext>` then `<key>.cls` members, each image decodable (shorter side `short_side` when given)."""
-    names = [(f"{k}.{e}", f"{k}.cls", lab) for k, e, lab in expected]
-    i = 0
-    image_name = None
-    try:
-        with tarfile.open(fileobj=stream, mode="r|*") as tf:
-            for member in tf:
-                data = tf.extractfile(member).read() if member.isfile() else None
-                if i >= len(names) or data is None:
-                    raise DataError(f"{where}: unexpected member {member.name!r}")
-                img_name, cls_name, label = names[i]
-                if image_name is None:
-                    if member.name != img_name:
-                        raise DataError(f"{where}: member {member.name!r} where {img_name!r} was expected")
-                    try:
-                        with Image.open(io.BytesIO(data)) as im:
-                            im.load()
-                            size = im.size
-                    except (UnidentifiedImageError, OSError) as exc:
-                        raise DataError(f"{where}: cannot decode {member.name}: {exc}") from None
-                    if short_side is not None and min(size) != short_side:
-                        raise DataError(f"{where}: {member.name} is {size[0]}x{size[1]}, expected shorter side "
-                                        f"{short_side}")
-                    image_name = member.name
-                else:
-                    if member.name != cls_name or data.decode("ascii", "replace") != str(label):
-                        raise DataError(f"{where}: {member.name!r} = {data[:8]!r} where {cls_name!r} = {label} "
-                                        "was expected")
-                    image_name = None
-                    i += 1
-    except DataError:
-        raise
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
-        raise DataError(f"{where}: unreadable shard: {exc}") from None
-    if i != len(names) or image_name is not None:
-        raise DataError(f"{where}: {i} complete samples, expected {len(names)}")
 
 
 def _expected_samples(folder: Path, split: str, ext: str) -> list[tuple[str, str, int]]:
@@ -104,7 +57,7 @@ def verify_dataset(entry: dict, folder: str | os.PathLike, *, strict: bool = Fal
         path = folder / rel
         if not path.is_file():
             return VerifyResult(name, folder, "FAILED", f"missing {path}")
-        if sha256_file(path) != digest:
+        if file_digest(path) != digest:
             differing.append(rel)
     bad_text = [rel for rel in differing if not rel.endswith(".tar")]
     if bad_text:
