@@ -1,6 +1,6 @@
 """Fetch remote files (dataset shards, metadata and source archives) into the user cache.
 
-`fetch(url, dest)` writes `dest` atomically: it downloads into `dest.part` beside it (with a tqdm progress bar on a
+`fetch(url, dest)` writes `dest` atomically: it downloads into `dest.part` beside it (with a progress bar on a
 terminal), resumes an interrupted download with an HTTP `Range` request, checks the sha256 / md5 when given, then
 renames the part file to `dest`. A file that fails its check is set aside as `dest.bad` (`ChecksumError`).
 
@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from .errors import DataError, QclipInputError
 from .integrity import file_digest
+from .progress import LogProgress, progress_bar
 
 __all__ = ["RETRY_BUDGET_S", "RETRY_BUDGET_ENV", "ChecksumError", "is_url", "fetch", "bad_copy_path", "set_aside", "retry_budget",
            "retry_after_seconds"]
@@ -123,7 +124,7 @@ def _check(path: Path, dest: Path, url: str, sha256: str | None, md5: str | None
                                     f"{want[:16]}... (moved to {bad})")
 
 
-def _attempt(url: str, part: Path, timeout: float, bar: tqdm) -> bool:
+def _attempt(url: str, part: Path, timeout: float, bar: tqdm | LogProgress) -> bool:
     """Download (the rest of) `url` into `part`; True when complete; `_Transient` when worth retrying."""
     have = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
@@ -189,8 +190,8 @@ def _fetch_locked(url: str, dest: Path, progress: bool, sha256: str | None, md5:
             pass  # a stale or damaged copy: set aside by the check, download again
     part = dest.with_name(dest.name + ".part")
     waited, step, attempts = 0.0, 0, 0
-    with tqdm(total=None, unit="B", unit_scale=True, desc=f"fetch {dest.name}", disable=None if progress else True,
-              leave=False) as bar:
+    with progress_bar(None, unit="B", unit_scale=True, desc=f"fetch {dest.name}", enabled=progress,
+                      leave=False) as bar:
         while True:
             before = part.stat().st_size if part.exists() else 0
             attempts += 1
