@@ -1,68 +1,97 @@
-"""Paired differences of a model variant against its full-precision reference on the same images: for every
-labelled set of a suite (ID, each corruption, each shift set) Δacc1 and ΔECE, and for every OOD set ΔAUROC (MCM),
-each as {diff, low, high, p} from one paired bootstrap (the same resampled indices for both models), with
-diff = variant − FP. The report judges the paper's claims from these. Writes nothing."""
+"""A model variant against its full-precision reference on the same images, one paired test per metric and set:
+Δacc1 by McNemar's exact test, ΔECE by a paired bootstrap with p = (k + 1)/(B + 1), ΔAUROC (MCM, ID positive) by
+DeLong's paired test; every Δ is variant − FP. Each set also carries a digest of the variant's logits (or OOD
+scores), so variants with identical predictions can share one test in a family. Takes tensors only (no suite, no
+model); writes nothing. `compare_to_fp` is the one comparison `qclip eval`, `qclip ablate` and the report use."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import hashlib
+from typing import TypedDict
 
 import torch
 
-from qclip.io.models import LoadedModel
+from .metrics import delong, ece_weighted, mcnemar, min_resamples, paired_bootstrap_many, top_label
 
-from .metrics import auroc, ece_of_confidence, mcm_score, paired_bootstrap, top_label
-
-if TYPE_CHECKING:
-    from .suite import ReliabilitySuite
-
-__all__ = ["paired_differences", "mcm_id_ood_scores"]
+__all__ = ["PairedInputs", "compare_to_fp", "compare_labelled", "compare_ood", "digest", "family_resamples",
+           "labelled_set_count"]
 
 
-def _acc(correct: torch.Tensor) -> float:
-    return float(correct.double().mean())
+class PairedInputs(TypedDict, total=False):
+    """One model's outputs on a suite's sets: calibration logits [N, C] and labels [N] of every labelled set, and
+    MCM scores [N_id + N_ood] with the ID indicator (1 = ID) of every OOD set."""
+
+    id: tuple[torch.Tensor, torch.Tensor]
+    corruptions: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    shift: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    ood: dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
-def _labelled(fp_logits: torch.Tensor, q_logits: torch.Tensor, labels: torch.Tensor, n_boot: int,
-              seed: int) -> dict:
-    """Δacc1 and ΔECE (variant − FP) on one labelled set, resampling top-label confidence and correctness."""
-    (c_fp, r_fp), (c_q, r_q) = (top_label(lg.double().softmax(-1), labels) for lg in (fp_logits, q_logits))
-    return {"n": int(labels.numel()),
-            "acc1": paired_bootstrap(_acc, (r_q,), (r_fp,), n_boot=n_boot, seed=seed),
-            "ece": paired_bootstrap(ece_of_confidence, (c_q, r_q), (c_fp, r_fp), n_boot=n_boot, seed=seed)}
+def digest(x: torch.Tensor) -> str:
+    """First 16 hex digits of the sha256 of a tensor's float32 bytes: equal digests = identical predictions."""
+    return hashlib.sha256(x.detach().float().contiguous().cpu().numpy().tobytes()).hexdigest()[:16]
 
 
-def _auroc_of(scores: torch.Tensor, is_id: torch.Tensor) -> float:
-    return auroc(scores[is_id > 0], scores[is_id == 0])
+def labelled_set_count(inputs: PairedInputs) -> int:
+    """How many labelled sets (ID, corruptions, shift) `inputs` holds."""
+    return 1 + len(inputs.get("corruptions") or {}) + len(inputs.get("shift") or {})
 
 
-@torch.no_grad()
-def paired_differences(suite: ReliabilitySuite, fp: LoadedModel, fp_key: str, variant: LoadedModel,
-                       key: str) -> dict:
-    """{"id": {...}, "corruptions": {NAME: {...}}, "shift": {NAME: {...}}, "ood": {NAME: {"n", "auroc"}}} for
-    `variant` against `fp` (both evaluated by `suite`, so their features are memoised); {} with bootstrap off."""
-    n_boot, seed = suite.cfg.bootstrap, suite.cfg.seed
-    if n_boot < 1:
-        return {}
-    a, b = suite.set_logits(fp, fp_key), suite.set_logits(variant, key)
-    out: dict = {"id": _labelled(a["id"][0], b["id"][0], a["id"][1], n_boot, seed), "corruptions": {}, "shift": {}}
-    for role in ("corruptions", "shift"):
-        for name, (lg_fp, labels) in a[role].items():
-            out[role][name] = _labelled(lg_fp, b[role][name][0], labels, n_boot, seed)
-    out["ood"] = {}
-    for name, spec in suite.ood_specs.items():
-        s_fp, is_id = mcm_id_ood_scores(suite, fp, fp_key, a, spec)
-        s_q, _ = mcm_id_ood_scores(suite, variant, key, b, spec)
-        out["ood"][name] = {"n": int(s_fp.numel()),
-                            "auroc": paired_bootstrap(_auroc_of, (s_q, is_id), (s_fp, is_id), n_boot=n_boot, seed=seed)}
+def family_resamples(requested: int, family_size: int, alpha: float = 0.05) -> int:
+    """The resample count ECE tests use: 0 when the bootstrap is off (`requested` 0), else at least
+    `min_resamples(family_size, alpha)` so the p floor 1/(B + 1) sits well below Holm's first threshold α/m (a
+    smaller `requested` is raised, not refused: the grid's intervals keep their own count)."""
+    return 0 if requested <= 0 else max(requested, min_resamples(max(1, family_size), alpha))
+
+
+def _labelled_many(fp: list[tuple[torch.Tensor, torch.Tensor]], q: list[tuple[torch.Tensor, torch.Tensor]],
+                   n_boot: int, seed: int) -> list[dict]:
+    """Paired tests of sets of one N (e.g. the ID set and its corruptions): McNemar per set, one bootstrap for
+    every set's ΔECE (the same resamples)."""
+    tops_fp = [top_label(lg.double().softmax(-1), y) for lg, y in fp]
+    tops_q = [top_label(lg.double().softmax(-1), y) for lg, y in q]
+    out = [{"n": int(y.numel()), "hash": digest(lg), "acc1": mcnemar(r_q, r_fp)}
+           for (lg, y), (_, r_fp), (_, r_q) in zip(q, tops_fp, tops_q)]
+    if n_boot > 0:
+        stack = lambda tops, i: torch.stack([t[i] for t in tops])  # noqa: E731
+        eces = paired_bootstrap_many(ece_weighted, (stack(tops_q, 0), stack(tops_q, 1)),
+                                     (stack(tops_fp, 0), stack(tops_fp, 1)), n_boot=n_boot, seed=seed)
+        for entry, e in zip(out, eces):
+            entry["ece"] = e
     return out
 
 
-def mcm_id_ood_scores(suite: ReliabilitySuite, loaded: LoadedModel, key: str, sets: dict,
-                      spec) -> tuple[torch.Tensor, torch.Tensor]:
-    """MCM scores of the ID set followed by the OOD set `spec`, and the matching ID indicator (1 = ID), from a
-    model's `suite.set_logits` output and its memoised OOD features."""
-    f_ood, _ = suite.features(loaded, key, spec, suite.cfg.ood_limit)
-    id_scores, ood_scores = mcm_score(sets["id_cos"]), mcm_score(sets["cosines"](f_ood))
-    is_id = torch.cat([torch.ones(id_scores.numel()), torch.zeros(ood_scores.numel())])
-    return torch.cat([id_scores, ood_scores]), is_id
+def compare_labelled(fp_logits: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, *, n_boot: int,
+                     seed: int = 0) -> dict:
+    """{"n", "hash", "acc1": McNemar test, "ece": bootstrap test (absent when `n_boot` is 0)} of a variant's
+    calibration logits against FP's on one labelled set (see `qclip.io.records.PairedSet`)."""
+    return _labelled_many([(fp_logits, labels)], [(logits, labels)], n_boot, seed)[0]
+
+
+def compare_ood(fp_scores: torch.Tensor, scores: torch.Tensor, is_id: torch.Tensor) -> dict:
+    """{"n", "hash", "auroc": DeLong test} of a variant's MCM scores against FP's on the ID + OOD samples."""
+    return {"n": int(scores.numel()), "hash": digest(scores), "auroc": delong(scores, fp_scores, is_id)}
+
+
+@torch.no_grad()
+def compare_to_fp(fp: PairedInputs, variant: PairedInputs, *, n_boot: int, seed: int = 0) -> dict:
+    """{"id": set, "corruptions": {NAME: set}, "shift": {NAME: set}, "ood": {NAME: set}} of paired tests of
+    `variant` against `fp` on every set both hold (`n_boot`: the ECE bootstrap's resamples, 0 = no ECE test; see
+    `family_resamples`). Labelled sets of one N share one resample matrix."""
+    named = [("id", "", fp["id"], variant["id"])]
+    for role in ("corruptions", "shift"):
+        named += [(role, name, pair, variant[role][name]) for name, pair in (fp.get(role) or {}).items()]
+    by_n: dict[int, list] = {}
+    for item in named:
+        by_n.setdefault(int(item[2][1].numel()), []).append(item)
+    out: dict = {"id": {}, "corruptions": {}, "shift": {}, "ood": {}}
+    for items in by_n.values():
+        for (role, name, _, _), entry in zip(items, _labelled_many([i[2] for i in items], [i[3] for i in items],
+                                                                    n_boot, seed)):
+            if role == "id":
+                out["id"] = entry
+            else:
+                out[role][name] = entry
+    for name, (s_fp, is_id) in (fp.get("ood") or {}).items():
+        out["ood"][name] = compare_ood(s_fp, variant["ood"][name][0], is_id)
+    return out

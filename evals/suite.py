@@ -37,6 +37,7 @@ from .metrics import (
     ece,
     ece_floor,
     mce,
+    mcm_score,
     nll,
     ood_metrics,
     relative_changes,
@@ -46,6 +47,7 @@ from .metrics import (
     split_conformal,
     vuln_add,
 )
+from .paired import PairedInputs, compare_to_fp, family_resamples, labelled_set_count
 from .variants import quantize_loaded
 from .zeroshot import model_fingerprint, topk_accuracy, zero_shot_classifier
 
@@ -243,6 +245,21 @@ class ReliabilitySuite:
         return out
 
     @torch.no_grad()
+    def paired_inputs(self, loaded: LoadedModel, key: str | None = None) -> PairedInputs:
+        """A model variant's calibration logits and labels on every labelled set and its MCM scores (ID followed by
+        OOD, with the ID indicator) on every OOD set: what `compare_to_fp` pairs; features come from the memo."""
+        key = key or model_fingerprint(loaded.model)
+        sets = self.set_logits(loaded, key)
+        id_scores = mcm_score(sets["id_cos"])
+        ood = {}
+        for name, spec in self.ood_specs.items():
+            f_ood, _ = self.features(loaded, key, spec, self.cfg.ood_limit)
+            ood_scores = mcm_score(sets["cosines"](f_ood))
+            is_id = torch.cat([torch.ones(id_scores.numel()), torch.zeros(ood_scores.numel())])
+            ood[name] = (torch.cat([id_scores, ood_scores]), is_id)
+        return {"id": sets["id"], "corruptions": sets["corruptions"], "shift": sets["shift"], "ood": ood}
+
+    @torch.no_grad()
     def evaluate(self, loaded: LoadedModel, key: str | None = None) -> Metrics:
         """All metrics of one model variant (`key`: its `model_fingerprint`, computed when not given)."""
         cfg, model = self.cfg, loaded.model.eval()
@@ -298,8 +315,6 @@ class ReliabilitySuite:
         record: SuiteRecord = {"hash": self.cfg.hash, "config": self.cfg.key(), "model": self.cfg.model,
                   "pretrained": self.cfg.pretrained, "quant": self.cfg.quant, "dataset": self.cfg.dataset}
         if self.cfg.quant:
-            from .paired import paired_differences
-
             q, record["quant_report"] = self.quantized(fp)
             fp_key, q_key = model_fingerprint(fp.model), model_fingerprint(q.model)
             fp_metrics = self.evaluate(fp, fp_key)
@@ -307,7 +322,9 @@ class ReliabilitySuite:
             metrics["delta"] = relative_changes(numeric_metrics(fp_metrics), numeric_metrics(metrics))
             spurious_changes_(fp_metrics, metrics)
             record["fp_metrics"] = fp_metrics
-            record["paired"] = paired_differences(self, fp, fp_key, q, q_key)
+            fp_in, q_in = self.paired_inputs(fp, fp_key), self.paired_inputs(q, q_key)
+            n_boot = family_resamples(self.cfg.bootstrap, labelled_set_count(fp_in))  # this record's ECE family
+            record["paired"] = compare_to_fp(fp_in, q_in, n_boot=n_boot, seed=self.cfg.seed)
         else:
             metrics = self.evaluate(fp)
         record["n"] = metrics.pop("n")

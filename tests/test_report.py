@@ -53,6 +53,10 @@ PAIRED = {
 }
 
 
+TESTS = {"acc1": "mcnemar", "ece": "bootstrap", "auroc": "delong"}
+SE = 0.005  # every constructed test's standard error
+
+
 def _paired(variant: str, corruptions) -> dict | None:
     """The paired block of a quant cell: every set it was evaluated on, with PAIRED's values (else p = 1)."""
     if CELLS[variant][0] != "quant":
@@ -60,13 +64,14 @@ def _paired(variant: str, corruptions) -> dict | None:
 
     def stats(role, name, metric):
         d, p = PAIRED.get((role, name, metric), {}).get(variant, (0.0, 1.0))
-        return {"diff": d, "low": d - 0.01, "high": d + 0.01, "p": p}
+        return {"test": TESTS[metric], "diff": d, "low": d - 0.01, "high": d + 0.01, "p": p, "se": SE}
 
-    labelled = lambda role, name: {"n": 500, "acc1": stats(role, name, "acc1"), "ece": stats(role, name, "ece")}  # noqa: E731
+    labelled = lambda role, name: {"n": 500, "hash": f"{variant}|{role}|{name}", "acc1": stats(role, name, "acc1"),  # noqa: E731
+                                   "ece": stats(role, name, "ece")}
     return {"id": {**labelled("id", None), "n": 1000},
             "corruptions": {c: labelled("corruptions", c) for c in corruptions},
             "shift": {s: labelled("shift", s) for s in SHIFT},
-            "ood": {o: {"n": 1500, "auroc": stats("ood", o, "auroc")} for o in OOD}}
+            "ood": {o: {"n": 1500, "hash": f"{variant}|ood|{o}", "auroc": stats("ood", o, "auroc")} for o in OOD}}
 
 
 def _bins(acc1: float) -> dict:
@@ -232,25 +237,97 @@ def test_quant_vs_rank_pairs(report):
 
 def test_findings_on_constructed_records():
     found = {f["key"]: f for f in findings(make_records())}
-    paired = {"noise": (True, "holds", 3, 2, 0), "shift": (False, "does not hold", 6, 1, 0),
+    paired = {"noise": (True, "holds", 3, 2, 0), "shift": (False, "does not hold", 6, 0, 1),
               "calibration_over": (True, "holds", 3, 2, 0),
               "calibration_under": (None, "not resolved at this N", 3, 0, 0),
               "ood": (False, "does not hold", 6, 0, 1)}
     for key, (holds, verdict, n, pro, con) in paired.items():
         f = found[key]
         assert (f["holds"], f["verdict"], f["n"], f["agree"], f["against"]) == (holds, verdict, n, pro, con), key
-        assert f"{n} paired tests" in f["evidence"] and f"{pro} significant in the claimed direction" in f["evidence"]
+        assert f"{n} distinct paired tests" in f["evidence"]
+        assert f"{pro} significant for the claim, {con} against it" in f["evidence"]
     assert "wds/shift_a (N=500)" in found["calibration_under"]["evidence"]
     assert "shift_b" not in found["calibration_under"]["evidence"]  # FP ECE 0.13 < 3 × floor 0.1: not resolvable
     assert "id (N=1000)" in found["calibration_over"]["evidence"]
-    expected = {"sqnr": (True, 6, 4), "rank_match": (True, 1, 1)}
-    for key, (holds, n, agree) in expected.items():
-        assert (found[key]["holds"], found[key]["n"], found[key]["agree"]) == (holds, n, agree), key
-        assert f"{agree}/{n}" in found[key]["evidence"]
-        assert found[key]["claim"]
+    # sign tests over cells: 4 of 6 (p = 0.6875) and 1 of 1 (p = 1) resolve nothing at α = 0.05
+    expected = {"sqnr": (None, 6, 4, 0.6875), "rank_match": (None, 1, 1, 1.0)}
+    for key, (holds, n, agree, p) in expected.items():
+        f = found[key]
+        assert (f["holds"], f["n"], f["agree"]) == (holds, n, agree) and f["p"] == pytest.approx(p), key
+        assert f"{agree}/{n}" in f["evidence"] and f["verdict"] == "not resolved at this N"
+        assert f["claim"]
     assert "-0.200" in found["sqnr"]["evidence"]  # median ρ of (-0.6, -0.5, -0.3, -0.1, 0.2, 0.4)
     damped = found["weight_damping"]  # ratios 1 - wre·i/20 fall below 1 in every quant cell with a weight error
-    assert damped["holds"] is True and damped["n"] == damped["agree"] > 0 and "adds energy" not in damped["evidence"]
+    assert damped["n"] == damped["agree"] == 3 and damped["p"] == pytest.approx(0.25) and damped["holds"] is None
+    assert "adds energy" not in damped["evidence"] and "3 no interval" in damped["evidence"]
+
+
+def test_verdict_matrix_by_method_and_bits():
+    found = {f["key"]: f for f in findings(make_records())}
+    # noise: w8a8 (rtn) +0.02 p .001 and w4a8-rot-vt (rotation) +0.01 p .02 significant for; w4a8 (rtn) not
+    assert found["noise"]["matrix"] == {
+        "rtn": {"w8a8": {"for": 1, "against": 0, "not resolved": 0, "no test": 0},
+                "w4a8": {"for": 0, "against": 0, "not resolved": 1, "no test": 0}},
+        "rotation": {"w4a8": {"for": 1, "against": 0, "not resolved": 0, "no test": 0}}}
+    # MDE at α/m = 0.05/3 and 80% power from SE 0.005: (z_{1 − 0.05/6} + z_0.8)·0.005; w4a8's Δ −0.02 would be
+    # resolved at N′ = 500·(MDE/0.02)²
+    from statistics import NormalDist
+
+    mde = (NormalDist().inv_cdf(1 - 0.05 / 6) + NormalDist().inv_cdf(0.8)) * SE
+    w4a8 = next(t for t in found["noise"]["tests"] if t["cells"] == ["demo|w4a8|s0"])
+    assert w4a8["mde"] == pytest.approx(mde) and w4a8["n_resolve"] == int(-(-500 * (mde / 0.02) ** 2 // 1))
+    assert all(t["n_resolve"] is None for t in found["noise"]["tests"] if t["status"] == "for")
+
+
+def test_identical_predictions_share_one_test(tmp_path):
+    records = make_records()
+    twin = copy.deepcopy(next(r for r in records if r["cell"]["variant"] == "w8a8"))
+    twin["cell"].update(id="demo|w8a8-smoothquant|s0", variant="w8a8-smoothquant", method="smoothquant")
+    twin["hash"] = "twin"
+    records.append(twin)  # the same logits digests as w8a8 on every set: its tests are w8a8's
+    found = {f["key"]: f for f in findings(records)}
+    noise = found["noise"]
+    assert noise["n"] == 3 and noise["cells"] == 4 and "1 sharing identical predictions" in noise["evidence"]
+    shared = next(t for t in noise["tests"] if len(t["cells"]) == 2)
+    assert shared["cells"] == ["demo|w8a8|s0", "demo|w8a8-smoothquant|s0"] and shared["status"] == "for"
+    assert noise["matrix"]["smoothquant"]["w8a8"]["for"] == 1 and noise["matrix"]["rtn"]["w8a8"]["for"] == 1
+    write_report(records, tmp_path)
+    assert "| demo\\|w8a8\\|s0 = demo\\|w8a8-smoothquant\\|s0 | gaussian_noise:3 |" in (tmp_path / "report.md").read_text()
+    # a different digest on one set is a test of its own there
+    twin["paired"]["corruptions"]["gaussian_noise:3"]["hash"] = "other"
+    assert {f["key"]: f for f in findings(records)}["noise"]["n"] == 4
+
+
+def test_records_without_tests_are_reported_as_no_test(tmp_path):
+    records = make_records()
+    for rec in records:  # a store written before the paired tests: {diff, low, high, p}, no "test", no digest
+        for block in (rec.get("paired") or {}).values():
+            for entry in ([block] if "n" in block else block.values()):
+                entry.pop("hash", None)
+                for stats in entry.values():
+                    if isinstance(stats, dict):
+                        stats.pop("test")
+                        stats.pop("se")
+    found = {f["key"]: f for f in write_report(records, tmp_path)["findings"]}
+    assert found["noise"]["verdict"] == "no test" and found["noise"]["holds"] is None
+    assert "no test" in found["noise"]["evidence"] and found["noise"]["matrix"]["rtn"]["w8a8"]["no test"] == 1
+    assert "| no test |" in _section((tmp_path / "report.md").read_text(), "Findings")
+
+
+def test_spectral_sign_tests_resolve_with_enough_cells():
+    records = make_records()
+    extra = []
+    for i in range(6):  # 9 quant cells in all, each damped with an interval over layers below 1
+        rec = copy.deepcopy(next(r for r in records if r["cell"]["variant"] == "w4a8"))
+        rec["cell"].update(id=f"demo|w3a8-{i}|s0", variant=f"w3a8-{i}")
+        extra.append(rec)
+    records += extra
+    for rec in records:
+        if rec["cell"]["kind"] == "quant":
+            rec["spectral"]["tail_damping"] = {"mean": 0.97, "low": 0.95, "high": 0.99, "layers": 12}
+    damped = {f["key"]: f for f in findings(records)}["weight_damping"]
+    # 9 of 9 cells below 1: two-sided sign test p = 2 / 2⁹
+    assert damped["holds"] is True and damped["p"] == pytest.approx(2 / 2 ** 9) and "9 damped" in damped["evidence"]
 
 
 def test_calibration_is_judged_only_where_fp_is_clearly_miscalibrated():
@@ -270,7 +347,8 @@ def test_weight_damping_finding_when_the_tail_grows():
         if rec["spectral"].get("damping"):
             rec["spectral"]["damping"]["ratio"] = [1.0 + 0.01 * i for i in range(20)]
     found = {f["key"]: f for f in findings(records)}["weight_damping"]
-    assert found["holds"] is False and found["agree"] == 0 and "adds energy" in found["evidence"]
+    # 0 of 3 below 1: the sign test (p = 0.25) does not resolve it, the evidence names the tail's growth
+    assert found["holds"] is None and found["agree"] == 0 and "adds energy" in found["evidence"]
 
 
 def test_findings_that_do_not_hold_or_are_not_measured():
@@ -282,7 +360,7 @@ def test_findings_that_do_not_hold_or_are_not_measured():
         if rec.get("paired"):
             rec["paired"]["shift"] = {}
     found = {f["key"]: f for f in findings(records)}
-    assert found["rank_match"]["holds"] is False and "acc1: 0/1" in found["rank_match"]["evidence"]
+    assert found["rank_match"]["agree"] == 0 and "acc1: 0/1" in found["rank_match"]["evidence"]
     for key in ("noise", "shift"):
         assert found[key]["holds"] is None and found[key]["n"] == 0
         assert found[key]["evidence"].startswith("not measured")
@@ -296,7 +374,7 @@ def test_missing_fp_reference_gives_empty_deltas(tmp_path):
     md = (tmp_path / "report.md").read_text()
     assert "(" not in "".join(r[2] for r in _table_rows(_section(md, "Main table")))
     found = {f["key"]: f for f in summary["findings"]}
-    assert found["calibration"]["holds"] is None and found["sqnr"]["holds"] is True
+    assert found["calibration"]["holds"] is None and found["sqnr"]["agree"] == 4
     assert "not measured" in _section(md, "Findings")
 
 
@@ -343,4 +421,6 @@ def test_report_shows_paired_tests_and_uncertainty(report):
     out, records, summary = report
     md = (out / "report.md").read_text()
     assert "holds —" in _section(md, "Findings") and "not resolved at this N" in md
-    assert "| demo\\|w4a8\\|s0 | id | 1000 | -0.0400 | [-0.0500, -0.0300] | 0.001 |" in md
+    assert "| demo\\|w4a8\\|s0 | id | 1000 | bootstrap | -0.0400 | [-0.0500, -0.0300] | 0.001 | for |" in md
+    assert "| rtn | 1 / 0 / 0 | 1 / 0 / 0 |" in md  # calibration (over-confident): w8a8 and w4a8 both for
+    assert not re.search(r"p = 0(?![.\d])", md) and "| 0.000 |" not in md  # no p of 0 anywhere

@@ -2,7 +2,16 @@
 deltas, selective prediction, split-conformal prediction sets, bootstrap CIs. Pure functions of tensors; nothing here
 loads models or writes files."""
 
-from .bootstrap import bootstrap_ci, bootstrap_ci_two_sample, paired_bootstrap, paired_bootstrap_diff
+from .bootstrap import (
+                          RESAMPLE_MARGIN,
+                          bootstrap_ci,
+                          bootstrap_ci_two_sample,
+                          min_resamples,
+                          paired_bootstrap,
+                          paired_bootstrap_diff,
+                          paired_bootstrap_many,
+                          resample_counts,
+)
 from .calibration import (
                           adaptive_ece,
                           brier,
@@ -11,12 +20,16 @@ from .calibration import (
                           ece_floor,
                           ece_from_bins,
                           ece_of_confidence,
+                          ece_weighted,
                           mce,
                           nll,
                           reliability_bins,
                           softmax_probs,
                           top_label,
 )
+from .delong import delong, delong_components, midranks
+from .mcnemar import mcnemar, sign_test
+from .power import POWER, mde, n_to_resolve, z_two_sided
 from .conformal import (
                           CONFORMAL_METHODS,
                           conformal_scores,
@@ -46,7 +59,7 @@ from .temperature import fit_logit_scale, nll_at
 __all__ = [
     # calibration
     "softmax_probs", "ece", "ece_floor", "adaptive_ece", "debiased_ece", "mce", "nll", "brier", "reliability_bins",
-    "ece_from_bins", "ece_of_confidence", "top_label",
+    "ece_from_bins", "ece_of_confidence", "ece_weighted", "top_label",
     # OOD detection
     "mcm_score", "max_logit_score", "energy_score", "neg_entropy_score", "msp_score", "SCORES", "SCORE_INPUTS",
     "auroc", "aupr", "fpr_at_95_tpr", "ood_metrics",
@@ -61,4 +74,7 @@ __all__ = [
     "fit_logit_scale", "nll_at",
     # bootstrap
     "bootstrap_ci", "bootstrap_ci_two_sample", "paired_bootstrap_diff", "paired_bootstrap",
+    "paired_bootstrap_many", "resample_counts", "min_resamples", "RESAMPLE_MARGIN",
+    # paired tests and their power
+    "mcnemar", "sign_test", "delong", "delong_components", "midranks", "POWER", "mde", "n_to_resolve", "z_two_sided",
 ]

@@ -100,6 +100,22 @@ def ece_of_confidence(conf: torch.Tensor, correct: torch.Tensor, n_bins: int = 1
     return float((acc_sum - conf_sum).abs().sum() / conf.numel())
 
 
+def ece_weighted(weights: torch.Tensor, conf: torch.Tensor, correct: torch.Tensor, n_bins: int = 15) -> torch.Tensor:
+    """`ece_of_confidence` of every statistic under every row of sample weights at once: `weights` [R, N] (e.g.
+    bootstrap counts), `conf` and `correct` [N] or [S, N] → [R] or [R, S]. One matrix product: ECE_r =
+    Σ_b |Σ_i w_ri·(correct_i − conf_i)·[bin_i = b]| / Σ_i w_ri, in the weights' dtype (float32 for bootstrap counts,
+    float64 for the full data)."""
+    conf, correct, w = conf.double(), correct.double(), weights
+    single = conf.ndim == 1
+    conf, correct = conf.reshape(-1, conf.shape[-1]), correct.reshape(-1, conf.shape[-1])
+    s, n = conf.shape
+    _, idx = _bin_index(conf.reshape(-1), n_bins)
+    gaps = torch.zeros(n, s, n_bins, dtype=w.dtype)
+    gaps[torch.arange(n).repeat(s), torch.arange(s).repeat_interleave(n), idx] = (correct - conf).reshape(-1).to(w.dtype)
+    out = (w @ gaps.reshape(n, s * n_bins)).reshape(-1, s, n_bins).abs().sum(-1) / w.sum(1, keepdim=True)
+    return out[:, 0] if single else out
+
+
 def top_label(probs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(top-label confidence [N], 0/1 correctness [N]) of probabilities [N, C], validated, in float64."""
     return _top_label(probs, labels)

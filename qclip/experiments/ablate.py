@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import torch
 
-from qclip.evals.paired import paired_differences
+from qclip.evals.paired import compare_to_fp, family_resamples
 from qclip.evals.suite import (
     ReliabilitySuite,
     SuiteConfig,
@@ -39,9 +39,9 @@ from .analysis import FpWeights, feature_summary, weight_summary
 from .grid import Cell, GridConfig, expand_cells, has_integer_cell, shard_cells, spec_string
 
 __all__ = ["run_grid", "cell_hash", "load_records", "merge_results", "write_grid_report", "matched_truncation",
-           "SCHEMA"]
+           "ece_resamples", "SCHEMA"]
 
-SCHEMA = 1  # bump when a record's meaning changes: old records then no longer count as done
+SCHEMA = 2  # bump when a record's meaning changes: old records then no longer count as done (2: paired tests)
 
 
 def cell_hash(cfg: GridConfig, cell: Cell) -> str:
@@ -180,6 +180,14 @@ def _fake_quant_of(cell: Cell, group: _Group, cfg: GridConfig, device: str, data
     return _FakeQuant(spec, fq, report, model_fingerprint(fq.model))
 
 
+def ece_resamples(cfg: GridConfig) -> int:
+    """Resamples of the grid's paired ECE tests: the grid's `bootstrap`, raised to the minimum whose p floor sits
+    well below Holm's first threshold for the largest ECE family the report can form (every quant cell × every
+    labelled set); 0 with the bootstrap off."""
+    quant = sum(c.kind in ("quant", "qat") for c in expand_cells(cfg))
+    return family_resamples(cfg.bootstrap, max(1, quant) * (1 + len(cfg.corruptions) + len(cfg.shift)))
+
+
 class _Group:
     """What the cells of one (model, seed) share: the FP model, its suite, FP metrics, FP weight spectra."""
 
@@ -194,6 +202,20 @@ class _Group:
         self._fp_metrics: dict | None = None
         self._model_key = (cell.model, cell.pretrained)
         self.last_quant: _FakeQuant | None = None  # the quant cell just evaluated, for its integer cell
+        self.ece_resamples = ece_resamples(cfg)
+        self._fp_inputs: dict | None = None
+
+    @property
+    def fp_inputs(self) -> dict:
+        """The FP model's logits and MCM scores on every set (what each cell's paired tests compare with)."""
+        if self._fp_inputs is None:
+            self._fp_inputs = self.suite.paired_inputs(self.fp, self.fp_key)
+        return self._fp_inputs
+
+    def compare(self, reference: dict, variant: LoadedModel, key: str) -> dict:
+        """Paired tests of `variant` against `reference` (`paired_inputs` of FP or of a fake-quant model)."""
+        return compare_to_fp(reference, self.suite.paired_inputs(variant, key), n_boot=self.ece_resamples,
+                             seed=self.suite.cfg.seed)
 
     @property
     def fp_metrics(self) -> dict:
@@ -233,10 +255,10 @@ def _evaluate_cell(cfg: GridConfig, cell: Cell, group: _Group, device: str, data
 
         spurious_changes_(fp_metrics, metrics)
         delta = relative_changes(numeric_metrics(fp_metrics), numeric_metrics(metrics))
-    paired = None if cell.kind == "fp" else paired_differences(group.suite, group.fp, group.fp_key, variant, key)
+    paired = None if cell.kind == "fp" else group.compare(group.fp_inputs, variant, key)
     vs_fake_quant = None
     if fq is not None:  # real kernels against the fake-quant model they were exported from, same images
-        vs_fake_quant = paired_differences(group.suite, fq.loaded, fq.key, variant, key)
+        vs_fake_quant = group.compare(group.suite.paired_inputs(fq.loaded, fq.key), variant, key)
     t2 = time.perf_counter()
     fp_feats, _ = group.suite.id_features(group.fp, group.fp_key)
     feats, labels = group.suite.id_features(variant, key)
@@ -245,9 +267,9 @@ def _evaluate_cell(cfg: GridConfig, cell: Cell, group: _Group, device: str, data
                                device=device, use_cache=group.suite.use_cache).float().cpu()
     spectral = feature_summary(fp_feats, feats, labels, clf, group.bands, reference=cell.kind == "fp")
     if cell.kind == "fp":
-        spectral.update({"weight_rel_error": None, "weight_maps": 0, "damping": None})
+        spectral.update({"weight_rel_error": None, "weight_maps": 0, "damping": None, "tail_damping": None})
     elif cell.method == "smoothquant":  # its weights are rescaled per input channel: not comparable to FP's
-        spectral.update({"weight_rel_error": None, "weight_maps": None, "damping": None})
+        spectral.update({"weight_rel_error": None, "weight_maps": None, "damping": None, "tail_damping": None})
     else:
         spectral.update(weight_summary(group.fp_weights, variant.model))
     t3 = time.perf_counter()

@@ -29,7 +29,7 @@ from qclip.spectral.weights import (
     svdvals_batched,
 )
 
-__all__ = ["FpWeights", "weight_spectra", "weight_summary", "sqnr_profile", "own_basis_accuracy",
+__all__ = ["FpWeights", "weight_spectra", "weight_summary", "layer_interval", "sqnr_profile", "own_basis_accuracy",
            "feature_summary", "DAMPING_BINS"]
 
 DAMPING_BINS = 20
@@ -85,7 +85,8 @@ def weight_spectra(fp: FpWeights, other: torch.nn.Module | None, *,
 
 @torch.no_grad()
 def weight_summary(fp: FpWeights, model: torch.nn.Module, *, bins: int = DAMPING_BINS) -> dict:
-    """Relative weight error and binned σ_variant/σ_fp (against rank fraction) over the maps the variant changed."""
+    """Relative weight error, binned σ_variant/σ_fp (against rank fraction) over the maps the variant changed, and
+    the per-map mean tail ratio (bottom 50% of ranks) as a mean with its interval over maps."""
     changed, num, den = {}, 0.0, 0.0
     for name, w in fp.weights.items():
         wv = effective_weight(model.get_submodule(name)).float().cpu()
@@ -96,19 +97,40 @@ def weight_summary(fp: FpWeights, model: torch.nn.Module, *, bins: int = DAMPING
             changed[name] = wv
             num, den = num + err, den + float(w.double().norm() ** 2)
     if not changed:
-        return {"weight_rel_error": 0.0, "weight_maps": 0, "damping": None}
-    sums, counts = [0.0] * bins, [0] * bins
+        return {"weight_rel_error": 0.0, "weight_maps": 0, "damping": None, "tail_damping": None}
+    sums, counts, tails = [0.0] * bins, [0] * bins, []
     for name, sv in zip(changed, svdvals_batched(list(changed.values()))):
         sf = fp.sigmas[name]
         r = sf.numel()
+        tail = []
         for i in range(r):
             if sf[i] > 0:
                 b = min(bins - 1, int(bins * i / r))
                 sums[b] += float(sv[i] / sf[i])
                 counts[b] += 1
+                if i / r >= 0.5:
+                    tail.append(float(sv[i] / sf[i]))
+        if tail:
+            tails.append(sum(tail) / len(tail))
     ratio = [s / c if c else None for s, c in zip(sums, counts)]
     return {"weight_rel_error": math.sqrt(num / den), "weight_maps": len(changed),
-            "damping": {"rank_fraction": [(b + 0.5) / bins for b in range(bins)], "ratio": ratio}}
+            "damping": {"rank_fraction": [(b + 0.5) / bins for b in range(bins)], "ratio": ratio},
+            "tail_damping": layer_interval(tails)}
+
+
+def layer_interval(values: list[float], level: float = 0.95) -> dict | None:
+    """{"mean", "low", "high", "layers"}: the mean of per-map values with its Student-t interval over the maps
+    (low/high None with a single map; None without maps)."""
+    from scipy.stats import t
+
+    if not values:
+        return None
+    n = len(values)
+    m = sum(values) / n
+    if n < 2:
+        return {"mean": m, "low": None, "high": None, "layers": n}
+    half = float(t.ppf(0.5 + level / 2, n - 1)) * math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1) / n)
+    return {"mean": m, "low": m - half, "high": m + half, "layers": n}
 
 
 @torch.no_grad()

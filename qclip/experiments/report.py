@@ -38,7 +38,7 @@ from .cells import (
     sort_key,
     spectral_of,
 )
-from .findings import findings
+from .findings import findings, p_text as _p_text
 from .plots import plot_band_accuracy, save_figure
 
 __all__ = ["findings", "tidy_rows", "write_report"]
@@ -244,8 +244,8 @@ def _integer(ctx: _Ctx) -> list[str]:
     vnni = next((q.get("vnni") for q in (r.get("quant_report") or {} for r in ints) if "vnni" in q), None)
     lines += [("Each integer cell rebuilds its quant cell's model from integer codes and grids (as `qclip export` "
                "does) and runs oneDNN's int8 kernels on the CPU; Δ = integer − fake-quant on the same images "
-               "(paired bootstrap, 95% interval). Maps: on integer kernels / quantized; exact without VNNI: maps "
-               "whose u8 × s8 pair sums cannot saturate int16 (7-bit activations or weights)."
+               "(McNemar for acc1, paired bootstrap for ECE, DeLong for AUROC; 95% intervals). Maps: on integer "
+               "kernels / quantized; exact without VNNI: maps whose u8 × s8 pair sums cannot saturate int16 (7-bit activations or weights)."
                + ("" if vnni is not False else " **This CPU has no VNNI**: the other maps' sums saturate int16 here, "
                   "which moves the integer model away from the fake-quant model.")), "",
               *_table(["integer cell", "maps int8 / quantized", "exact without VNNI", "acc1 fake-quant",
@@ -365,18 +365,56 @@ def _uncertainty(ctx: _Ctx) -> list[str]:
                      "APS cov / size"], rows)]
 
 
+_TEST_NAMES = {"mcnemar": "McNemar", "delong": "DeLong", "bootstrap": "bootstrap", None: "no test"}
+
+
+def _bits_order(bits: str) -> tuple:
+    """Weight bits high → low, then activation bits high → low (`w8a8` before `w6a8` before `w4`); others last."""
+    m = re.match(r"w(\d+(?:\.\d+)?)(?:a(\d+))?$", bits)
+    return (0, -float(m.group(1)), -int(m.group(2) or 32), bits) if m else (1, 0.0, 0, bits)
+
+
+def _matrix_lines(f: dict) -> list[str]:
+    """The claim's method family × bits matrix: per entry, tests significant for / against / not resolved."""
+    matrix = f.get("matrix") or {}
+    bits = sorted({b for row in matrix.values() for b in row}, key=_bits_order)
+    if not matrix or not bits:
+        return []
+
+    def entry(c: dict | None) -> str:
+        if not c:
+            return ""
+        text = f"{c['for']} / {c['against']} / {c['not resolved']}"
+        return text + (f" ({c['no test']} no test)" if c.get("no test") else "")
+
+    return [f"Verdicts by method family × bits (tests significant for the claim / against it / not resolved, after "
+            "Holm; a test shared by identical predictions counts for each of its cells):", "",
+            *_table(["method", *bits], [[m, *(entry(row.get(b)) for b in bits)] for m, row in matrix.items()])]
+
+
+def _test_row(t: dict) -> list[str]:
+    n_res = t.get("n_resolve")
+    iv = f"[{t['low']:+.4f}, {t['high']:+.4f}]" if None not in (num(t.get("low")), num(t.get("high"))) else ""
+    return [" = ".join(map(str, t.get("cells") or [t["cell"]])), str(t["set"]), str(t["n"]),
+            _TEST_NAMES.get(t.get("test"), str(t.get("test"))), f"{t['diff']:+.4f}", iv, _p_text(t.get("p")),
+            t.get("status") or "", _fmt(num(t.get("mde"))), f"~{n_res:,}" if n_res else "—"]
+
+
 def _findings_section(found: list[dict]) -> list[str]:
-    lines = ["## Findings", "", *(f"- **{f['claim']}**: {f.get('verdict') or 'not measured'} — {f['evidence']}"
-                                  for f in found), ""]
+    lines = ["## Findings", "", ("Paired tests against FP on the same images: McNemar's exact test for acc1, DeLong's "
+             "test for MCM AUROC, a paired bootstrap (p = (k + 1)/(B + 1)) for ECE; variants with identical "
+             "predictions on a set share one test; Holm per claim at family α = 0.05. MDE: the effect the test "
+             "detects with 80% power at α/m (m: the claim's tests); N to resolve: images at which the observed Δ "
+             "would reach it (an estimate, SE ∝ 1/√N). Spectral claims: exact sign tests over cells."), "",
+             *(f"- **{f['claim']}**: {f.get('verdict') or 'not measured'} — {f['evidence']}" for f in found), ""]
     for f in found:
         tests = f.get("tests") or []
         if not tests:
             continue
-        lines += [f"### {f['claim']}: paired differences (quant − FP, 95% interval, bootstrap p)", "",
-                  *_table(["cell", "set", "N", "Δ", "95% interval", "p"],
-                          [[str(t["cell"]), str(t["set"]), str(t["n"]), f"{t['diff']:+.4f}",
-                            f"[{t['low']:+.4f}, {t['high']:+.4f}]" if None not in (t["low"], t["high"]) else "",
-                            f"{t['p']:.3f}"] for t in tests])]
+        lines += [f"### {f['claim']}: paired tests (quant − FP, 95% interval)", "", *_matrix_lines(f),
+                  *_table(["cells", "set", "N", "test", "Δ", "95% interval", "p", "outcome",
+                           f"MDE (α/m = {f.get('alpha_test', 0.05):.2g})", "N to resolve"],
+                          [_test_row(t) for t in tests])]
     return lines
 
 

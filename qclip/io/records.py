@@ -11,7 +11,7 @@ from typing import Any, Optional, TypedDict
 
 __all__ = ["OodScores", "CorruptionMetrics", "ShiftMetrics", "SpuriousMetrics", "Metrics", "SuiteRecord",
            "CellInfo", "CellDatasets", "DampingProfile", "SpectralSummary", "Timings", "CellRecord",
-           "QuantSummary"]
+           "QuantSummary", "PairedTest", "PairedSet", "PairedBlock", "LayerInterval"]
 
 
 class OodScores(TypedDict):
@@ -97,6 +97,49 @@ class QuantSummary(TypedDict, total=False):
     vnni: bool | None
 
 
+class PairedTest(TypedDict, total=False):
+    """One paired test of a metric, variant − reference on the same samples (docs/conventions.md, "Paired tests").
+
+    test: "mcnemar" (acc1), "delong" (AUROC) or "bootstrap" (ECE); low/high: its 95% interval (Bonett–Price
+    adjusted Wald, DeLong normal, bootstrap percentile); se: its standard error; mde: the minimum detectable
+    effect at α = 0.05 and 80% power from se; better/worse (McNemar): samples only the variant / only the
+    reference gets right; resamples (bootstrap): B, so p ≥ 1/(B + 1); auroc_a/auroc_b (DeLong): the two AUROCs."""
+
+    test: str
+    diff: float
+    low: float
+    high: float
+    p: Optional[float]
+    se: float
+    mde: Optional[float]
+    n: int
+    better: int
+    worse: int
+    resamples: int
+    auroc_a: float
+    auroc_b: float
+
+
+class PairedSet(TypedDict, total=False):
+    """The paired tests on one set: its N, the digest of the variant's logits (OOD: scores) there, and a test per
+    metric (labelled sets: acc1, ece; OOD sets: auroc)."""
+
+    n: int
+    hash: str
+    acc1: PairedTest
+    ece: PairedTest
+    auroc: PairedTest
+
+
+class PairedBlock(TypedDict, total=False):
+    """`evals.paired.compare_to_fp`: paired tests on the ID set, each corruption, each shift and each OOD set."""
+
+    id: PairedSet
+    corruptions: dict[str, PairedSet]
+    shift: dict[str, PairedSet]
+    ood: dict[str, PairedSet]
+
+
 class SuiteRecord(TypedDict, total=False):
     """One `qclip eval` result (the file `--out` writes and the line `--store` appends)."""
 
@@ -110,7 +153,7 @@ class SuiteRecord(TypedDict, total=False):
     metrics: Metrics
     fp_metrics: Metrics
     quant_report: QuantSummary
-    paired: dict[str, Any]
+    paired: PairedBlock
     seconds: float
     versions: dict[str, str]
     written_at: float
@@ -148,12 +191,23 @@ class DampingProfile(TypedDict):
     ratio: list[Optional[float]]
 
 
+class LayerInterval(TypedDict):
+    """Mean over the changed maps of each map's mean tail σ_variant/σ_fp (bottom 50% of ranks), with the 95%
+    t-interval over maps."""
+
+    mean: float
+    low: Optional[float]
+    high: Optional[float]
+    layers: int
+
+
 class SpectralSummary(TypedDict, total=False):
     """A cell's spectra against FP: weight error and damping, per-rank feature SQNR, own-basis band accuracy."""
 
     weight_rel_error: Optional[float]
     weight_maps: Optional[int]
     damping: Optional[DampingProfile]
+    tail_damping: Optional[LayerInterval]
     band_accuracy: dict[str, float]
     feature_effective_rank: float
     sqnr_db: Optional[list[Optional[float]]]
@@ -179,8 +233,8 @@ class CellRecord(TypedDict, total=False):
     n: int
     metrics: Metrics
     delta: Optional[dict[str, Any]]
-    paired: Optional[dict[str, Any]]
-    paired_fake_quant: Optional[dict[str, Any]]  # integer cells: real kernels − fake-quant, as `paired`
+    paired: Optional[PairedBlock]  # records before schema 2 hold {diff, low, high, p} without "test": "no test"
+    paired_fake_quant: Optional[PairedBlock]  # integer cells: real kernels − fake-quant, as `paired`
     spectral: SpectralSummary
     quant_report: Optional[QuantSummary]
     seconds: float
