@@ -1,6 +1,6 @@
 """Spectrally guided mixed precision vs uniform bits vs a random assignment at the same average weight bits, on the
-demo: acc1 and ECE on the ID set and on the corrupted sets, MCM AUROC, each pair of models compared with a paired
-bootstrap on the same images (95% interval and p-value of the difference).
+demo: acc1 and ECE on the ID set and on the corrupted sets, MCM AUROC, each pair of models compared with paired tests
+on the same images (McNemar, bootstrap, DeLong: 95% interval of the difference).
 
 Usage: python benchmarks/mixed_precision.py [--budgets 5 7] [--seeds 0 1 2] [--limit 2000] [--data-root DIR]
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import argparse
 
-from qclip.evals.metrics import auroc, ece_of_confidence, paired_bootstrap, top_label
-from qclip.evals.paired import mcm_id_ood_scores
+from qclip.evals.metrics import ece_of_confidence, top_label
+from qclip.evals.paired import compare_to_fp
 from qclip.evals.suite import ReliabilitySuite, SuiteConfig
 from qclip.evals.zeroshot import model_fingerprint
 from qclip.train.demo import ensure_demo_model
@@ -22,24 +22,14 @@ OOD = "wds/imagenet_cifar10_ood"
 CORRUPTIONS = [("gaussian_noise", 3), ("shot_noise", 3), ("defocus_blur", 3)]
 
 
-def outputs(suite: ReliabilitySuite, loaded) -> dict:
-    """Per set (id, each corruption): (confidence, correct); plus MCM scores on ID then OOD, and the ID indicator."""
-    key = model_fingerprint(loaded.model)
-    sets = suite.set_logits(loaded, key)
-    out = {"id": top_label(sets["id"][0].double().softmax(-1), sets["id"][1])}
-    out.update({name: top_label(lg.double().softmax(-1), y) for name, (lg, y) in sets["corruptions"].items()})
-    out["mcm"], out["is_id"] = mcm_id_ood_scores(suite, loaded, key, sets, suite.ood_specs[OOD])
-    return out
-
-
 def compare(a: dict, b: dict, n_boot: int) -> dict[str, dict]:
-    """a − b with paired intervals: acc1 and ECE per labelled set, MCM AUROC."""
+    """a − b (`paired_inputs` of two models) with paired tests: acc1 (McNemar) and ECE (bootstrap) per labelled
+    set, MCM AUROC (DeLong)."""
+    tests = compare_to_fp(b, a, n_boot=n_boot)
     res = {}
-    for name in [k for k in a if k not in ("mcm", "is_id")]:
-        res[f"{name} acc1"] = paired_bootstrap(lambda r: float(r.mean()), (a[name][1],), (b[name][1],), n_boot=n_boot)
-        res[f"{name} ECE"] = paired_bootstrap(ece_of_confidence, a[name], b[name], n_boot=n_boot)
-    res["AUROC"] = paired_bootstrap(lambda s, y: auroc(s[y > 0], s[y == 0]), (a["mcm"], a["is_id"]),
-                                    (b["mcm"], b["is_id"]), n_boot=n_boot)
+    for name, entry in [("id", tests["id"]), *tests["corruptions"].items()]:
+        res[f"{name} acc1"], res[f"{name} ECE"] = entry["acc1"], entry["ece"]
+    res["AUROC"] = tests["ood"][OOD]["auroc"]
     return res
 
 
@@ -70,7 +60,7 @@ def main() -> None:
         for name, spec in specs.items():
             variant, report = _quantize(suite, fp, spec)
             avg[name] = report.get("avg_bits", budget)
-            outs[name] = outputs(suite, variant)
+            outs[name] = suite.paired_inputs(variant)
             suite.release(model_fingerprint(fp.model))
         rows = {f"spectral − {other}": compare(outs["spectral"], outs[other], args.n_boot)
                 for other in specs if other != "spectral"}
@@ -81,8 +71,8 @@ def main() -> None:
         print("|---|" + "---|" * len(metrics))
         for name, res in rows.items():
             print(f"| {name} | " + " | ".join(cell(res[m]) for m in metrics) + " |", flush=True)
-        absolute = {name: {"acc1": float(o["id"][1].mean()), "ECE": ece_of_confidence(*o["id"])}
-                    for name, o in outs.items()}
+        tops = {name: top_label(o["id"][0].double().softmax(-1), o["id"][1]) for name, o in outs.items()}
+        absolute = {name: {"acc1": float(t[1].mean()), "ECE": ece_of_confidence(*t)} for name, t in tops.items()}
         print("\nID acc1 / ECE: " + "; ".join(f"{k} {v['acc1']:.4f} / {v['ECE']:.4f}" for k, v in absolute.items()))
     print("\n(* = the paired 95% interval excludes 0; differences are spectral minus the other model, so + on acc1 /"
           " AUROC and − on ECE favour the spectral allocation.)")

@@ -162,6 +162,7 @@ def test_weight_summary_of_a_truncation(micro_model):
     ref = FpWeights(micro_model.model)
     same = weight_summary(ref, attention_surgery_(copy.deepcopy(micro_model.model)))
     assert same["weight_maps"] == 0 and same["weight_rel_error"] == 0.0 and same["damping"] is None
+    assert same["tail_damping"] is None
     truncated, _ = quantize_loaded(micro_model, "rank-f0.5", None)  # truncation needs no calibration data
     out = weight_summary(ref, truncated.model, bins=4)
     assert out["weight_maps"] == 14  # the micro ViT's vision maps
@@ -169,6 +170,9 @@ def test_weight_summary_of_a_truncation(micro_model):
     assert ratio[0] == pytest.approx(1.0, abs=1e-4)  # the kept top half is untouched...
     assert ratio[-1] == pytest.approx(0.0, abs=1e-4)  # ...and the bottom half removed
     assert 0 < out["weight_rel_error"] < 1
+    tail = out["tail_damping"]  # every map's bottom half removed: mean 0 over 14 maps, an interval of width ~0
+    assert tail["layers"] == 14 and tail["mean"] == pytest.approx(0.0, abs=1e-4)
+    assert tail["low"] <= tail["mean"] <= tail["high"] and tail["high"] - tail["low"] < 1e-3
 
 
 # ------------------------------------------------------------------------------------------ end to end
@@ -200,6 +204,15 @@ def test_ablate_end_to_end_report_matches_store(reference_run):
     rho = np.corrcoef(np.arange(32), sq.argsort().argsort())[0, 1]
     assert w4["spectral"]["sqnr_spearman_rho"] == pytest.approx(rho, abs=1e-6)
     assert fp["spectral"]["sqnr_db"] is None and set(fp["spectral"]["band_accuracy"]) >= {"0-4", "all"}
+    # paired tests against FP: McNemar / bootstrap / DeLong, the ECE bootstrap's floor below Holm's first threshold
+    # for every quant cell (2) × labelled set, and a digest of the variant's logits per set
+    pid = w4["paired"]["id"]
+    assert (pid["acc1"]["test"], pid["ece"]["test"]) == ("mcnemar", "bootstrap") and len(pid["hash"]) == 16
+    assert pid["acc1"]["diff"] == pytest.approx(w4["metrics"]["acc1"] - fp["metrics"]["acc1"], abs=1e-12)
+    n_sets = 1 + len(w4["metrics"]["corruptions"]) + len(w4["metrics"]["shift"])
+    assert 1 / (pid["ece"]["resamples"] + 1) <= 0.05 / (5 * 2 * n_sets) and pid["ece"]["p"] > 0
+    assert w4["paired"]["ood"]["wds/fashion_mnist"]["auroc"]["test"] == "delong"
+    assert pid["hash"] != w8["paired"]["id"]["hash"]
     for r in records:  # the three phases add up to the cell's time (each rounded to 1 ms)
         t = r["timings"]
         assert set(t) == {"build", "eval", "spectral"} and t["eval"] > 0
