@@ -11,7 +11,7 @@ from typing import TypedDict
 
 import torch
 
-from .metrics import delong, ece_weighted, mcnemar, min_resamples, paired_bootstrap_many, top_label
+from .metrics import delong, ece_gaps, ece_of_gaps, mcnemar, min_resamples, paired_bootstrap_many, top_label
 
 __all__ = ["PairedInputs", "compare_to_fp", "compare_labelled", "compare_ood", "digest", "family_resamples",
            "labelled_set_count"]
@@ -53,9 +53,9 @@ def _labelled_many(fp: list[tuple[torch.Tensor, torch.Tensor]], q: list[tuple[to
     out = [{"n": int(y.numel()), "hash": digest(lg), "acc1": mcnemar(r_q, r_fp)}
            for (lg, y), (_, r_fp), (_, r_q) in zip(q, tops_fp, tops_q)]
     if n_boot > 0:
-        stack = lambda tops, i: torch.stack([t[i] for t in tops])  # noqa: E731
-        eces = paired_bootstrap_many(ece_weighted, (stack(tops_q, 0), stack(tops_q, 1)),
-                                     (stack(tops_fp, 0), stack(tops_fp, 1)), n_boot=n_boot, seed=seed)
+        gaps = [ece_gaps(torch.stack([t[0] for t in tops]), torch.stack([t[1] for t in tops]))
+                for tops in (tops_q, tops_fp)]  # once per model: each resample is then one matrix product
+        eces = paired_bootstrap_many(ece_of_gaps, (gaps[0],), (gaps[1],), n_boot=n_boot, seed=seed)
         for entry, e in zip(out, eces):
             entry["ece"] = e
     return out

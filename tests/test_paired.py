@@ -138,9 +138,14 @@ def test_delong_of_identical_scores():
 
 
 # ------------------------------------------------------------------------------------------------ bootstrap
-def test_resample_counts_are_the_index_draws():
+def test_resample_counts_are_the_index_draws(monkeypatch):
+    import qclip.evals.metrics.bootstrap as bootstrap
+
     gen = torch.Generator().manual_seed(4)
-    counts = torch.cat(list(resample_counts(37, 600, seed=4)))  # 600 > one batch of 256
+    counts = torch.cat(list(resample_counts(37, 600, seed=4)))  # 600 > one batch of 256; kept for reuse
+    assert torch.equal(torch.cat(list(resample_counts(37, 600, seed=4))), counts)
+    monkeypatch.setattr(bootstrap, "_STORED_BYTES", 0)  # too large to keep: drawn afresh, the same draws
+    assert torch.equal(torch.cat(list(resample_counts(37, 600, seed=4))), counts)
     expected = []
     for start in range(0, 600, 256):
         idx = torch.randint(37, (min(256, 600 - start), 37), generator=gen)

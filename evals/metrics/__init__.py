@@ -20,6 +20,8 @@ from .calibration import (
                           ece_floor,
                           ece_from_bins,
                           ece_of_confidence,
+                          ece_gaps,
+                          ece_of_gaps,
                           ece_weighted,
                           mce,
                           nll,
@@ -59,7 +61,7 @@ from .temperature import fit_logit_scale, nll_at
 __all__ = [
     # calibration
     "softmax_probs", "ece", "ece_floor", "adaptive_ece", "debiased_ece", "mce", "nll", "brier", "reliability_bins",
-    "ece_from_bins", "ece_of_confidence", "ece_weighted", "top_label",
+    "ece_from_bins", "ece_of_confidence", "ece_gaps", "ece_of_gaps", "ece_weighted", "top_label",
     # OOD detection
     "mcm_score", "max_logit_score", "energy_score", "neg_entropy_score", "msp_score", "SCORES", "SCORE_INPUTS",
     "auroc", "aupr", "fpr_at_95_tpr", "ood_metrics",

@@ -5,6 +5,7 @@ resample count, p = (k + 1)/(B + 1), with the smallest B a test family needs."""
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, Iterator, Sequence
 
@@ -93,6 +94,7 @@ def paired_bootstrap_diff(metric: Callable[..., float], a: Sequence[torch.Tensor
 
 RESAMPLE_MARGIN = 5  # a paired bootstrap's p floor 1/(B+1) sits at least this far below Holm's first threshold α/m
 _CHUNK = 256  # resamples drawn per batch: bounds memory at 3 × 256 × N numbers
+_STORED_BYTES = 256 * 2**20  # resample counts kept for reuse up to this size (uint8), per (N, B, seed), 8 at most
 
 
 def min_resamples(family_size: int, alpha: float = 0.05, margin: int = RESAMPLE_MARGIN) -> int:
@@ -103,17 +105,35 @@ def min_resamples(family_size: int, alpha: float = 0.05, margin: int = RESAMPLE_
     return math.ceil(margin * family_size / alpha) - 1
 
 
-def resample_counts(n: int, n_boot: int, seed: int = 0) -> Iterator[torch.Tensor]:
-    """The `n_boot` resamples of N rows with replacement as count matrices [R, N], in batches of at most 256 rows:
-    batch j is `torch.randint(N, (R, N))` of one CPU `torch.Generator(seed)` turned into per-row counts, so the same
-    seed gives the same resamples for every set of that N. float32: counts are exact integers there (N < 2²⁴), and
-    float64 scatters and products took 3× as long."""
-    _check(n_boot, 0.05)
+def _draw_counts(n: int, n_boot: int, seed: int) -> Iterator[torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     for start in range(0, n_boot, _CHUNK):
         r = min(_CHUNK, n_boot - start)
         idx = torch.randint(n, (r, n), generator=gen)
         yield torch.zeros(r, n).scatter_add_(1, idx, torch.ones(r, n))
+
+
+@functools.lru_cache(maxsize=8)
+def _stored_counts(n: int, n_boot: int, seed: int) -> torch.Tensor | None:
+    """`_draw_counts` as one uint8 matrix [B, N], or None if a count exceeds 255 (never seen: the largest of N
+    multinomial counts is about log N / log log N)."""
+    counts = torch.cat(list(_draw_counts(n, n_boot, seed)))
+    return counts.to(torch.uint8) if counts.max() <= 255 else None
+
+
+def resample_counts(n: int, n_boot: int, seed: int = 0) -> Iterator[torch.Tensor]:
+    """The `n_boot` resamples of N rows with replacement as count matrices [R, N], in batches of at most 256 rows:
+    batch j is `torch.randint(N, (R, N))` of one CPU `torch.Generator(seed)` turned into per-row counts, so the same
+    seed gives the same resamples for every set of that N. float32: counts are exact integers there (N < 2²⁴), and
+    float64 scatters and products took 3× as long. Up to 256 MB of them are kept as uint8 for the next call with the
+    same (N, B, seed) — a grid's cells all share them — so drawing them costs once per process."""
+    _check(n_boot, 0.05)
+    stored = _stored_counts(n, n_boot, seed) if n * n_boot <= _STORED_BYTES else None
+    if stored is None:
+        yield from _draw_counts(n, n_boot, seed)
+        return
+    for start in range(0, n_boot, _CHUNK):
+        yield stored[start:start + _CHUNK].float()
 
 
 def paired_bootstrap_many(metric: Callable[..., torch.Tensor], a: Sequence[torch.Tensor] | torch.Tensor,

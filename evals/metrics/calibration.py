@@ -100,20 +100,31 @@ def ece_of_confidence(conf: torch.Tensor, correct: torch.Tensor, n_bins: int = 1
     return float((acc_sum - conf_sum).abs().sum() / conf.numel())
 
 
-def ece_weighted(weights: torch.Tensor, conf: torch.Tensor, correct: torch.Tensor, n_bins: int = 15) -> torch.Tensor:
-    """`ece_of_confidence` of every statistic under every row of sample weights at once: `weights` [R, N] (e.g.
-    bootstrap counts), `conf` and `correct` [N] or [S, N] → [R] or [R, S]. One matrix product: ECE_r =
-    Σ_b |Σ_i w_ri·(correct_i − conf_i)·[bin_i = b]| / Σ_i w_ri, in the weights' dtype (float32 for bootstrap counts,
-    float64 for the full data)."""
-    conf, correct, w = conf.double(), correct.double(), weights
-    single = conf.ndim == 1
+def ece_gaps(conf: torch.Tensor, correct: torch.Tensor, n_bins: int = 15) -> torch.Tensor:
+    """Per-sample signed gaps by bin for `ece_of_gaps`: [S·n_bins, N] with row s·n_bins + b holding
+    correct_i − conf_i where sample i of statistic s falls in bin b, else 0 (`conf`, `correct`: [N] or [S, N])."""
+    conf, correct = conf.double(), correct.double()
     conf, correct = conf.reshape(-1, conf.shape[-1]), correct.reshape(-1, conf.shape[-1])
     s, n = conf.shape
     _, idx = _bin_index(conf.reshape(-1), n_bins)
-    gaps = torch.zeros(n, s, n_bins, dtype=w.dtype)
-    gaps[torch.arange(n).repeat(s), torch.arange(s).repeat_interleave(n), idx] = (correct - conf).reshape(-1).to(w.dtype)
-    out = (w @ gaps.reshape(n, s * n_bins)).reshape(-1, s, n_bins).abs().sum(-1) / w.sum(1, keepdim=True)
-    return out[:, 0] if single else out
+    gaps = torch.zeros(s, n_bins, n, dtype=torch.float64)
+    gaps[torch.arange(s).repeat_interleave(n), idx, torch.arange(n).repeat(s)] = (correct - conf).reshape(-1)
+    return gaps.reshape(s * n_bins, n)
+
+
+def ece_of_gaps(weights: torch.Tensor, gaps: torch.Tensor, n_bins: int = 15) -> torch.Tensor:
+    """ECE of every statistic under every row of sample weights [R, N] (e.g. bootstrap counts) from `ece_gaps`:
+    [R, S], ECE_r = Σ_b |Σ_i w_ri·gap_bi| / Σ_i w_ri; one matrix product in the weights' dtype (float32 for
+    bootstrap counts, float64 for the full data)."""
+    sums = (weights @ gaps.to(weights.dtype).T).reshape(weights.shape[0], -1, n_bins)
+    return sums.abs().sum(-1) / weights.sum(1, keepdim=True)
+
+
+def ece_weighted(weights: torch.Tensor, conf: torch.Tensor, correct: torch.Tensor, n_bins: int = 15) -> torch.Tensor:
+    """`ece_of_confidence` of every statistic under every row of sample weights at once: `weights` [R, N],
+    `conf` and `correct` [N] or [S, N] → [R] or [R, S] (`ece_of_gaps` of `ece_gaps`)."""
+    out = ece_of_gaps(weights, ece_gaps(conf, correct, n_bins), n_bins)
+    return out[:, 0] if conf.ndim == 1 else out
 
 
 def top_label(probs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
