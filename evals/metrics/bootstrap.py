@@ -94,6 +94,7 @@ def paired_bootstrap_diff(metric: Callable[..., float], a: Sequence[torch.Tensor
 
 RESAMPLE_MARGIN = 5  # a paired bootstrap's p floor 1/(B+1) sits at least this far below Holm's first threshold α/m
 _CHUNK = 256  # resamples drawn per batch: bounds memory at 3 × 256 × N numbers
+_STORED_ROWS_ELEMENTS = 2**22  # kept counts are handed out in batches of about this many numbers (16 MB float32)
 _STORED_BYTES = 256 * 2**20  # resample counts kept for reuse up to this size (uint8), per (N, B, seed), 8 at most
 
 
@@ -122,7 +123,7 @@ def _stored_counts(n: int, n_boot: int, seed: int) -> torch.Tensor | None:
 
 
 def resample_counts(n: int, n_boot: int, seed: int = 0) -> Iterator[torch.Tensor]:
-    """The `n_boot` resamples of N rows with replacement as count matrices [R, N], in batches of at most 256 rows:
+    """The `n_boot` resamples of N rows with replacement as count matrices [R, N], in batches:
     batch j is `torch.randint(N, (R, N))` of one CPU `torch.Generator(seed)` turned into per-row counts, so the same
     seed gives the same resamples for every set of that N. float32: counts are exact integers there (N < 2²⁴), and
     float64 scatters and products took 3× as long. Up to 256 MB of them are kept as uint8 for the next call with the
@@ -132,8 +133,9 @@ def resample_counts(n: int, n_boot: int, seed: int = 0) -> Iterator[torch.Tensor
     if stored is None:
         yield from _draw_counts(n, n_boot, seed)
         return
-    for start in range(0, n_boot, _CHUNK):
-        yield stored[start:start + _CHUNK].float()
+    rows = max(_CHUNK, _STORED_ROWS_ELEMENTS // n)  # kept counts convert in larger batches: fewer, larger products
+    for start in range(0, n_boot, rows):
+        yield stored[start:start + rows].float()
 
 
 def paired_bootstrap_many(metric: Callable[..., torch.Tensor], a: Sequence[torch.Tensor] | torch.Tensor,
