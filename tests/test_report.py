@@ -64,7 +64,8 @@ def _paired(variant: str, corruptions) -> dict | None:
 
     def stats(role, name, metric):
         d, p = PAIRED.get((role, name, metric), {}).get(variant, (0.0, 1.0))
-        return {"test": TESTS[metric], "diff": d, "low": d - 0.01, "high": d + 0.01, "p": p, "se": SE}
+        return {"test": TESTS[metric], "diff": d, "low": d - 0.01, "high": d + 0.01, "p": p, "se": SE,
+                **({"resamples": 4799} if metric == "ece" else {})}
 
     labelled = lambda role, name: {"n": 500, "hash": f"{variant}|{role}|{name}", "acc1": stats(role, name, "acc1"),  # noqa: E731
                                    "ece": stats(role, name, "ece")}
@@ -424,3 +425,4 @@ def test_report_shows_paired_tests_and_uncertainty(report):
     assert "| demo\\|w4a8\\|s0 | id | 1000 | bootstrap | -0.0400 | [-0.0500, -0.0300] | 0.001 | for |" in md
     assert "| rtn | 1 / 0 / 0 | 1 / 0 / 0 |" in md  # calibration (over-confident): w8a8 and w4a8 both for
     assert not re.search(r"p = 0(?![.\d])", md) and "| 0.000 |" not in md  # no p of 0 anywhere
+    assert "ECE bootstrap: B = 4,799 resamples, so p ≥ 0.00021" in md

@@ -90,6 +90,7 @@ def _tests(records: list[CellRecord], role: str, metric: str, select=None) -> li
                         "set": name or "id", "n": entry.get("n"), "hash": entry.get("hash") if test else None,
                         "test": test, "diff": stats["diff"], "low": stats.get("low"), "high": stats.get("high"),
                         "p": num(stats.get("p")) if test else None, "se": num(stats.get("se")) if test else None,
+                        "resamples": stats.get("resamples"),
                         "fp_direction": _direction(fp, role, name)})
     return out
 

@@ -407,6 +407,11 @@ def _findings_section(found: list[dict]) -> list[str]:
              "detects with 80% power at α/m (m: the claim's tests); N to resolve: images at which the observed Δ "
              "would reach it (an estimate, SE ∝ 1/√N). Spectral claims: exact sign tests over cells."), "",
              *(f"- **{f['claim']}**: {f.get('verdict') or 'not measured'} — {f['evidence']}" for f in found), ""]
+    resamples = sorted({t["resamples"] for f in found for t in f.get("tests") or [] if t.get("resamples")})
+    if resamples:
+        lines[4:4] = [f"ECE bootstrap: B = {', '.join(f'{b:,}' for b in resamples)} resamples, so p ≥ "
+                      f"{1 / (resamples[0] + 1):.2g} (raised from the grid's `bootstrap` where that could not reach "
+                      "Holm's first threshold).", ""]
     for f in found:
         tests = f.get("tests") or []
         if not tests:
