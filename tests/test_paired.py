@@ -12,9 +12,8 @@ from statistics import NormalDist
 
 import numpy as np
 import pytest
-import torch
-
 import qclip.evals.paired as paired_module
+import torch
 from qclip.evals.metrics import (
     delong,
     ece_of_confidence,

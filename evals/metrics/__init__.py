@@ -19,8 +19,8 @@ from .calibration import (
                           ece,
                           ece_floor,
                           ece_from_bins,
-                          ece_of_confidence,
                           ece_gaps,
+                          ece_of_confidence,
                           ece_of_gaps,
                           ece_weighted,
                           mce,
@@ -29,9 +29,6 @@ from .calibration import (
                           softmax_probs,
                           top_label,
 )
-from .delong import delong, delong_components, midranks
-from .mcnemar import mcnemar, sign_test
-from .power import POWER, mde, n_to_resolve, z_two_sided
 from .conformal import (
                           CONFORMAL_METHODS,
                           conformal_scores,
@@ -41,6 +38,8 @@ from .conformal import (
                           prediction_sets,
                           split_conformal,
 )
+from .delong import delong, delong_components, midranks
+from .mcnemar import mcnemar, sign_test
 from .ood import (
                           SCORE_INPUTS,
                           SCORES,
@@ -54,6 +53,7 @@ from .ood import (
                           neg_entropy_score,
                           ood_metrics,
 )
+from .power import POWER, mde, n_to_resolve, z_two_sided
 from .robustness import delta_rsg, relative_change, relative_changes, rsg, vuln_add
 from .selective import accuracy_at_coverage, augrc, aurc, risk_coverage_curve, selective_metrics
 from .temperature import fit_logit_scale, nll_at

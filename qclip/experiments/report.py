@@ -38,7 +38,8 @@ from .cells import (
     sort_key,
     spectral_of,
 )
-from .findings import findings, p_text as _p_text
+from .findings import findings
+from .findings import p_text as _p_text
 from .plots import plot_band_accuracy, save_figure
 
 __all__ = ["findings", "tidy_rows", "write_report"]
@@ -387,7 +388,7 @@ def _matrix_lines(f: dict) -> list[str]:
         text = f"{c['for']} / {c['against']} / {c['not resolved']}"
         return text + (f" ({c['no test']} no test)" if c.get("no test") else "")
 
-    return [f"Verdicts by method family × bits (tests significant for the claim / against it / not resolved, after "
+    return ["Verdicts by method family × bits (tests significant for the claim / against it / not resolved, after "
             "Holm; a test shared by identical predictions counts for each of its cells):", "",
             *_table(["method", *bits], [[m, *(entry(row.get(b)) for b in bits)] for m, row in matrix.items()])]
 
