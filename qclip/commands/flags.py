@@ -97,9 +97,9 @@ def device_of(name: str | None) -> str:
 
 def parse_quant(text: str | None):
     """A user's --quant spec parsed (None stays None)."""
-    from qclip.evals.variants import parse_quant_arg
+    from qclip.io.validate import check_spec
 
-    return None if text is None else parse_quant_arg(text)
+    return None if text is None else check_spec("--quant", text)
 
 
 def parse_pair(text: str | None) -> tuple[str, str] | None:
