@@ -101,3 +101,4 @@ def test_check_spec_is_the_one_parse_to_user_error(text, ok):
     else:
         with pytest.raises(ConfigError, match=f"^bad --quant {text!r}: "):
             check_spec("--quant", text)
+
