@@ -96,7 +96,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2, help="untimed calls (the first compiles)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    from qclip.evals.variants import integer_loaded, parse_quant_arg
+    from qclip.evals.variants import integer_loaded
+    from qclip.io.validate import check_spec
     from qclip.quant.api import quantize_
     from qclip.quant.kernels import cpu_int8_vnni
 
@@ -105,7 +106,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     fp = load_model(args.model)
-    spec = parse_quant_arg(args.quant)
+    spec = check_spec("--quant", args.quant)
     fq = fp._replace(model=copy.deepcopy(fp.model))
     quantize_(fq.model, spec, random_calibrator(fp, spec, 2, 0))
     integer, summary = integer_loaded(fq, str(spec))

@@ -11,8 +11,6 @@ turns each batch into floats with the operations ToTensor and Normalize apply to
 from __future__ import annotations
 
 import hashlib
-import io
-import json
 import os
 import sys
 from typing import Callable, Iterable
@@ -26,8 +24,8 @@ from torchvision.transforms import Compose, Normalize, ToTensor
 from torchvision.transforms.functional import get_image_num_channels, to_tensor
 
 from qclip.io.data import DatasetSpec, make_loader
-from qclip.io.paths import atomic_write_bytes, cache_dir
 from qclip.io.progress import progress_bar
+from qclip.io.tensor_cache import cached_tensors
 
 __all__ = ["extract_image_features", "split_normalize", "byte_pipeline", "bytes_to_float", "dataset_features",
            "DecodedImages", "shard_fingerprints"]
@@ -256,20 +254,22 @@ def dataset_features(model: nn.Module, preprocess: Callable, spec: DatasetSpec, 
     With `decoded`, the images come from (and are added to) that in-memory cache of decoded batches; the
     features are the same as from a fresh loader. Workers hand over uint8 batches where the preprocess allows
     (`byte_pipeline`); the features equal those of the per-image preprocess bit for bit, for any `num_workers`."""
-    key = hashlib.sha256(json.dumps({"model": model_key, "dataset": spec.name, "split": spec.split,
-                                     "shards": list(spec.shards), "content": shard_fingerprints(spec.shards),
-                                     "limit": limit, "corruption": corruption,
-                                     # the seed draws corruption noise only: clean features serve every seed
-                                     "seed": seed if corruption is not None else None,
-                                     "autocast": autocast, "order": "stream",  # loader order v2
-                                     "preprocess": repr(preprocess)}).encode()).hexdigest()[:32]
-    path = cache_dir("features") / f"{key}.pt"
-    if use_cache and path.is_file():
-        try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-            return blob["features"], blob["labels"]
-        except Exception:  # a damaged entry is recomputed
-            path.unlink(missing_ok=True)
+    description = {"model": model_key, "dataset": spec.name, "split": spec.split, "shards": list(spec.shards),
+                   "content": shard_fingerprints(spec.shards), "limit": limit, "corruption": corruption,
+                   # the seed draws corruption noise only: clean features serve every seed
+                   "seed": seed if corruption is not None else None,
+                   "autocast": autocast, "order": "stream",  # loader order v2
+                   "preprocess": repr(preprocess)}
+    blob = cached_tensors("features", description, lambda: _extract(
+        model, preprocess, spec, corruption=corruption, limit=limit, batch_size=batch_size, num_workers=num_workers,
+        device=device, progress=progress, seed=seed, autocast=autocast, decoded=decoded), use_cache=use_cache)
+    return blob["features"], blob["labels"]
+
+
+def _extract(model: nn.Module, preprocess: Callable, spec: DatasetSpec, *, corruption: tuple[str, int] | None,
+             limit: int | None, batch_size: int, num_workers: int, device: str | torch.device, progress: bool,
+             seed: int, autocast: bool, decoded: DecodedImages | None) -> dict[str, torch.Tensor]:
+    """The features and labels of `dataset_features`, computed (no cache)."""
     raw, norm = split_normalize(preprocess)
     split = byte_pipeline(preprocess)
     loader = None
@@ -300,8 +300,4 @@ def dataset_features(model: nn.Module, preprocess: Callable, spec: DatasetSpec, 
     desc = spec.name + (f" {corruption[0]}:{corruption[1]}" if corruption else "")
     feats, labels = extract_image_features(model, loader, device=device, total=limit, progress=progress, desc=desc,
                                            batch_transform=batch_transform, autocast=autocast)
-    if use_cache:
-        buf = io.BytesIO()
-        torch.save({"features": feats, "labels": labels}, buf)
-        atomic_write_bytes(path, buf.getvalue())
-    return feats, labels
+    return {"features": feats, "labels": labels}

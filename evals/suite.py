@@ -48,7 +48,7 @@ from .metrics import (
     vuln_add,
 )
 from .paired import PairedInputs, compare_to_fp, family_resamples, labelled_set_count
-from .variants import quantize_loaded
+from .variants import compile_image_tower_, quantize_loaded
 from .zeroshot import model_fingerprint, topk_accuracy, zero_shot_classifier
 
 __all__ = ["SuiteConfig", "ReliabilitySuite", "calibration_metrics", "ece_after_tuning", "map_classes",
@@ -165,8 +165,9 @@ class ReliabilitySuite:
     """Evaluates a model (and its quantized variant) on an ID set and the configured OOD/shift/corruption sets."""
 
     def __init__(self, cfg: SuiteConfig, *, data_root: str | None = None, device: str = "cpu", batch_size: int = 256,
-                 num_workers: int = 2, progress: bool = True, use_cache: bool = True, image_cache_mb: float = 0.0):
-        self.cfg, self.data_root, self.device = cfg, data_root, device
+                 num_workers: int = 2, progress: bool = True, use_cache: bool = True, image_cache_mb: float = 0.0,
+                 compile: bool = False):
+        self.cfg, self.data_root, self.device, self.compile = cfg, data_root, device, compile
         self.batch_size, self.num_workers, self.progress, self.use_cache = batch_size, num_workers, progress, use_cache
         self._memo: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         # decoded images kept across model variants (a grid's cells); off for a single evaluation
@@ -182,15 +183,21 @@ class ReliabilitySuite:
 
     # ------------------------------------------------------------------------------------------ model variants
     def load(self) -> LoadedModel:
-        """The full-precision model."""
-        return load_model(self.cfg.model, self.cfg.pretrained, device=self.device, precision=self.cfg.precision)
+        """The full-precision model (its image tower compiled with `compile`, unless a quantized copy is still to be
+        made from the eager model: `quantized` compiles both then)."""
+        fp = load_model(self.cfg.model, self.cfg.pretrained, device=self.device, precision=self.cfg.precision)
+        return compile_image_tower_(fp) if self.compile and not self.cfg.quant else fp
 
     def quantized(self, fp: LoadedModel) -> tuple[LoadedModel, dict]:
         """A quantized (or truncated) deep copy of `fp` per `cfg.quant`, with its coverage report."""
         ckpt = self.cfg.model if self.cfg.model.endswith(".ckpt") else self.cfg.pretrained
         ckpt = ckpt if ckpt and ckpt.endswith(".ckpt") else None
-        return quantize_loaded(fp, self.cfg.quant, self.id_spec, device=self.device, data_root=self.data_root,
-                               calib_batches=self.cfg.calib_batches, qat_checkpoint=ckpt)
+        q, report = quantize_loaded(fp, self.cfg.quant, self.id_spec, device=self.device, data_root=self.data_root,
+                                    calib_batches=self.cfg.calib_batches, qat_checkpoint=ckpt)
+        if self.compile:
+            compile_image_tower_(fp)
+            compile_image_tower_(q)
+        return q, report
 
     # ----------------------------------------------------------------------------------------------- metrics
     def features(self, loaded: LoadedModel, key: str, spec: DatasetSpec, limit, corruption=None):

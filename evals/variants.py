@@ -12,8 +12,9 @@ from qclip.io.calibration import calibration_images
 from qclip.io.data import DatasetSpec
 from qclip.io.models import LoadedModel
 from qclip.io.records import QuantSummary
+from qclip.io.validate import check_spec
 
-__all__ = ["make_calibrator", "parse_quant_arg", "quantize_loaded", "needs_calibration", "compile_image_tower_",
+__all__ = ["make_calibrator", "quantize_loaded", "needs_calibration", "compile_image_tower_",
            "integer_loaded"]
 
 
@@ -37,18 +38,6 @@ def make_calibrator(loaded: LoadedModel, spec: DatasetSpec, *, batches: int = 8,
     return calibrate
 
 
-def parse_quant_arg(text: str):
-    """Parse a quantization/truncation spec given by a user; a bad one is a `QclipInputError` (exit 2)."""
-    from qclip.quant.spec import parse_spec
-
-    from qclip.io.errors import QclipInputError
-
-    try:
-        return parse_spec(text)
-    except ValueError as exc:
-        raise QclipInputError(f"bad --quant {text!r}: {exc}") from None
-
-
 def needs_calibration(spec) -> bool:
     """True when a parsed spec quantizes activations or smooths them (its variant needs calibration images)."""
     return spec.kind in ("quant", "mixed") and (spec.a_bits is not None or spec.method == "smoothquant")
@@ -67,7 +56,7 @@ def quantize_loaded(fp: LoadedModel, spec_text: str, dataset: DatasetSpec | None
 
     from qclip.quant.api import quantize_
 
-    spec = parse_quant_arg(spec_text)
+    spec = check_spec("--quant", spec_text)
     loaded = fp._replace(model=copy.deepcopy(fp.model))
     calibrate = None
     if needs_calibration(spec):
@@ -99,7 +88,7 @@ def integer_loaded(fq: LoadedModel, spec_text: str, *, w_bits: dict[str, int] | 
     from qclip.quant.kernels import cpu_int8_vnni
     from qclip.quant.qat import convert_qat_
 
-    spec = parse_quant_arg(spec_text)
+    spec = check_spec("--quant", spec_text)
     work = copy.deepcopy(fq.model).cpu().eval()
     tensors, entries = integer_tensors(work, spec, w_bits=w_bits)
     model = build_integer_model_(convert_qat_(work), entries, tensors)

@@ -7,8 +7,6 @@ Writes `<cache>/classifiers/<key>.pt` (one text classifier per text tower, class
 from __future__ import annotations
 
 import hashlib
-import io
-import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -17,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from qclip.io.paths import atomic_write_bytes, cache_dir
 from qclip.io.progress import is_terminal
+from qclip.io.tensor_cache import cached_tensors
 
 if TYPE_CHECKING:
     from qclip.io.data import DatasetSpec
@@ -83,21 +81,11 @@ def zero_shot_classifier(model: nn.Module, tokenizer: Callable, classnames: Sequ
                          *, device: str | torch.device = "cpu", use_cache: bool = True,
                          progress: bool = False) -> torch.Tensor:
     """`build_zero_shot_classifier`, cached under `<cache>/classifiers/` keyed by text tower + classes + templates."""
-    if not use_cache:
-        return build_zero_shot_classifier(model, tokenizer, classnames, templates, device=device, progress=progress)
-    key = hashlib.sha256(json.dumps({"model": text_tower_fingerprint(model, tokenizer),
-                                     "classnames": list(classnames), "templates": list(templates)}).encode())
-    path = cache_dir("classifiers") / f"{key.hexdigest()[:32]}.pt"
-    if path.is_file():
-        try:
-            return torch.load(path, map_location=device, weights_only=True)
-        except Exception:  # a damaged cache entry is rebuilt, never trusted
-            path.unlink(missing_ok=True)
-    weights = build_zero_shot_classifier(model, tokenizer, classnames, templates, device=device, progress=progress)
-    buf = io.BytesIO()
-    torch.save(weights.cpu(), buf)
-    atomic_write_bytes(path, buf.getvalue())
-    return weights
+    description = {"model": text_tower_fingerprint(model, tokenizer), "classnames": list(classnames),
+                   "templates": list(templates)}
+    return cached_tensors("classifiers", description, lambda: build_zero_shot_classifier(
+        model, tokenizer, classnames, templates, device=device, progress=progress), use_cache=use_cache,
+        map_location=device)
 
 
 def zero_shot_logits(features: torch.Tensor, classifier: torch.Tensor, logit_scale: torch.Tensor | float) -> torch.Tensor:

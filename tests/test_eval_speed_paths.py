@@ -1,6 +1,6 @@
 """The fast paths of feature extraction change nothing: uint8 batches from the workers (converted and normalised per
 batch in the main process) give bit-identical features and logits for any worker count, with and without
-corruptions and the decoded-image cache."""
+corruptions and the decoded-image cache; --compile compiles each variant's tower only after its copy is made."""
 
 from __future__ import annotations
 
@@ -137,3 +137,22 @@ def test_workers_run_niced(micro_model, wds_root, tmp_path, monkeypatch, env):
     dataset_features(micro_model.model.eval(), preprocess, spec, model_key="k", limit=4, batch_size=4, num_workers=1,
                      progress=False, use_cache=False)
     assert int(record.read_text()) == min(19, os.nice(0) + (WORKER_NICENESS if env is None else 0))
+
+
+def test_suite_compile_option_compiles_each_variant_after_the_quantized_copy_is_made(micro_dir, wds_root):
+    """--compile is a ReliabilitySuite option: the FP tower is compiled at load when there is no quantized copy to
+    make, else both towers after the eager copy (torch.compile wraps now and compiles at the first batch)."""
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    def suite(quant, compile):
+        cfg = SuiteConfig(model=f"local-dir:{micro_dir}", dataset="wds/cifar10", quant=quant, limit=8)
+        return ReliabilitySuite(cfg, data_root=str(wds_root), progress=False, compile=compile)
+
+    assert isinstance(suite(None, True).load().model.visual, OptimizedModule)
+    assert not isinstance(suite(None, False).load().model.visual, OptimizedModule)
+    s = suite("w8", True)
+    fp = s.load()
+    assert not isinstance(fp.model.visual, OptimizedModule)  # the quantized copy is made from the eager tower
+    q, _ = s.quantized(fp)
+    assert isinstance(fp.model.visual, OptimizedModule) and isinstance(q.model.visual, OptimizedModule)
+    assert q.model.visual._orig_mod is not fp.model.visual._orig_mod

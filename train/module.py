@@ -28,7 +28,7 @@ from qclip.spectral.penalties import SpectralTailPenalty, rank_spec, resolve_ran
 
 from qclip.io.errors import ConfigError
 from qclip.io.models import load_model
-from qclip.io.validate import check_choice, check_float, check_int, check_str
+from qclip.io.validate import check_choice, check_float, check_int, check_spec, check_str
 
 from .checkpointing import capture_rng, restore_rng
 from .losses import contrastive_loss, distill_mse, feature_spectral_penalty
@@ -49,13 +49,7 @@ def _validate(hp: dict) -> None:
     check_str("model", hp["model"])
     check_str("pretrained", hp["pretrained"], optional=True)
     if check_str("quant", hp["quant"], optional=True) is not None:
-        from qclip.quant.spec import parse_spec
-
-        try:
-            kind = parse_spec(hp["quant"]).kind
-        except ValueError as exc:
-            raise ConfigError(f"bad model.quant {hp['quant']!r}: {exc}") from None
-        if kind != "quant":
+        if check_spec("model.quant", hp["quant"]).kind != "quant":
             raise ConfigError(f"model.quant must be a uniform quantization spec (e.g. w4a8-lsq), got {hp['quant']!r}")
     check_choice("backend", hp["backend"], ("lsq", "torchao"))
     check_choice("spectral_on", hp["spectral_on"], ("features", "weights", "both"))

@@ -1,52 +1,20 @@
-"""Flags several commands share (device, precision, batch size, workers, progress), the argparse types that check
-flag values, the one-line format of usage errors, and the parsing of flag values into validated objects; a bad
-value is a `QclipInputError` (or an argparse usage error), exit 2 with one line on stderr."""
+"""The flag groups commands share (model, data root, runtime, progress, cache, wandb), the one-line format of usage
+errors, and `given`, which passes on only the flags a user set: a flag's default lives once, in the config
+dataclass or library function it feeds, not in the parser."""
 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from typing import NoReturn
 
-from qclip.io.validate import PRECISIONS
+from .values import non_negative_int, positive_int
 
-__all__ = ["positive_int", "non_negative_int", "non_negative_float", "one_line_errors", "add_runtime_args",
-           "device_of", "parse_quant", "parse_pair", "check_outputs"]
+__all__ = ["one_line_errors", "given", "add_model_args", "add_data_root", "add_progress", "add_no_cache",
+           "add_runtime_args", "add_wandb_args", "DATA_ROOT_HELP"]
 
-
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    value = _int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    value = _int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    """argparse type: a finite number >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
+DATA_ROOT_HELP = ("folder (or URL) holding wds_NAME/ folders; default $QCLIP_DATA_ROOT, else the user cache "
+                  "(registered datasets are built there on first use, see docs/data.md)")
 
 
 def one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -61,54 +29,56 @@ def one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def add_runtime_args(p: argparse.ArgumentParser, *, compile: bool = False) -> None:
-    """--device, --precision, --batch-size, --workers, --no-progress (and --compile when `compile`)."""
+def given(args: argparse.Namespace, *names: str, **renamed: str) -> dict:
+    """The flags among `names` (and `renamed`: keyword <- flag attribute) that the user set, as keywords; a flag
+    left unset is left out, so the callee's own default applies."""
+    pairs = [*((n, n) for n in names), *renamed.items()]
+    return {key: getattr(args, attr) for key, attr in pairs if getattr(args, attr) is not None}
+
+
+def add_model_args(p: argparse.ArgumentParser, *, model_help: str | None = None, quant_help: str | None = None,
+                   pretrained_help: str = "pretrained tag (e.g. openai) or checkpoint path") -> None:
+    """--model (required), --pretrained and, with `quant_help`, --quant."""
+    p.add_argument("--model", required=True, help=model_help)
+    p.add_argument("--pretrained", default=None, help=pretrained_help)
+    if quant_help is not None:
+        p.add_argument("--quant", default=None, help=quant_help)
+
+
+def add_data_root(p: argparse.ArgumentParser, help: str = DATA_ROOT_HELP) -> None:
+    """--data-root."""
+    p.add_argument("--data-root", default=None, help=help)
+
+
+def add_progress(p: argparse.ArgumentParser, help: str = "hide progress bars") -> None:
+    """--no-progress."""
+    p.add_argument("--no-progress", action="store_true", help=help)
+
+
+def add_no_cache(p: argparse.ArgumentParser) -> None:
+    """--no-cache."""
+    p.add_argument("--no-cache", action="store_true", help="recompute text classifiers and features")
+
+
+def add_runtime_args(p: argparse.ArgumentParser, *, precision: bool = True, compile: bool = False,
+                     batch_size_help: str | None = None) -> None:
+    """--device, --precision (with `precision`), --batch-size, --workers, --no-progress, --compile (with `compile`)."""
+    from qclip.io.validate import PRECISIONS
+
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    p.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
-                   help="weights/compute precision; amp_bf16 = float32 weights, image tower under bfloat16 autocast")
-    p.add_argument("--batch-size", type=positive_int, default=256)
-    p.add_argument("--workers", type=non_negative_int, default=2, help="DataLoader worker processes (0: read in "
+    if precision:
+        p.add_argument("--precision", default=None, choices=list(PRECISIONS), help="weights/compute precision"
+                       "; amp_bf16 = float32 weights, image tower under bfloat16 autocast")
+    p.add_argument("--batch-size", type=positive_int, default=None, help=batch_size_help)
+    p.add_argument("--workers", type=non_negative_int, default=None, help="DataLoader worker processes (0: read in "
                    "the main process)")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_progress(p)
     if compile:
         p.add_argument("--compile", action="store_true",
                        help="compile the image tower with torch.compile (int8 kernels for integer exports)")
 
 
-def check_outputs(*, files: dict[str, str | None] | None = None, dirs: dict[str, str | None] | None = None) -> None:
-    """Check output paths by flag (`{"--out": path}`) before any model or data is loaded: writable, not the wrong
-    kind of path, enough free space (see `qclip.io.paths.check_output_file` / `check_output_dir`)."""
-    from qclip.io.paths import check_output_dir, check_output_file
-
-    for flag, path in (files or {}).items():
-        if path is not None:
-            check_output_file(path, flag)
-    for flag, path in (dirs or {}).items():
-        if path is not None:
-            check_output_dir(path, flag)
-
-
-def device_of(name: str | None) -> str:
-    """The device asked for, else cuda when available, else cpu."""
-    import torch
-
-    return name or ("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def parse_quant(text: str | None):
-    """A user's --quant spec parsed (None stays None)."""
-    from qclip.evals.variants import parse_quant_arg
-
-    return None if text is None else parse_quant_arg(text)
-
-
-def parse_pair(text: str | None) -> tuple[str, str] | None:
-    """'COMMON,COUNTER' as a pair of dataset names (None stays None)."""
-    from qclip.io.errors import QclipInputError
-
-    if text is None:
-        return None
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    if len(parts) != 2:
-        raise QclipInputError(f"--spurious needs two datasets COMMON,COUNTER, got {text!r}")
-    return parts[0], parts[1]
+def add_wandb_args(p: argparse.ArgumentParser, help: str) -> None:
+    """--wandb and --wandb-project."""
+    p.add_argument("--wandb", action="store_true", help=help)
+    p.add_argument("--wandb-project", default="qclip", help="wandb project")

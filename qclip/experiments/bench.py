@@ -155,7 +155,8 @@ def random_calibrator(loaded: LoadedModel, spec, batches: int, seed: int) -> Cal
 
 def _build_models(cfg: BenchConfig, data_root: str | None) -> tuple[dict[str, LoadedModel], dict]:
     """The FP, fake-quant and integer models of the config, and facts about them for the record."""
-    from qclip.evals.variants import integer_loaded, needs_calibration, parse_quant_arg, quantize_loaded
+    from qclip.evals.variants import integer_loaded, needs_calibration, quantize_loaded
+    from qclip.io.validate import check_spec
     from qclip.quant.api import quantize_
 
     info: dict = {"calibration": None, "export": None, "fakequant_note": None}
@@ -177,7 +178,7 @@ def _build_models(cfg: BenchConfig, data_root: str | None) -> tuple[dict[str, Lo
     models["fp"] = fp
     if not cfg.quant:
         return models, info
-    spec = parse_quant_arg(cfg.quant)
+    spec = check_spec("--quant", cfg.quant)
     ckpt = next((p for p in (cfg.model, cfg.pretrained) if p and p.endswith(".ckpt")), None)
     if cfg.dataset is not None or ckpt is not None:
         dataset = None

@@ -13,9 +13,9 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from qclip.io.errors import ConfigError, QclipInputError
+from qclip.io.errors import ConfigError
 from qclip.io.records import CellInfo
-from qclip.io.validate import PRECISIONS, check_choice, check_int, check_str, check_str_list
+from qclip.io.validate import PRECISIONS, check_choice, check_int, check_spec, check_str, check_str_list
 
 __all__ = ["GridConfig", "Cell", "QatEntry", "load_grid", "expand_cells", "parse_shard", "shard_cells", "spec_string",
            "grid_data_root", "has_integer_cell"]
@@ -88,52 +88,51 @@ class GridConfig:
     integer: bool = False  # also evaluate each activation-quantizing PTQ cell's integer model (oneDNN int8, CPU)
 
     def __post_init__(self):
-        from qclip.evals.corruptions import parse_corruptions
-        from qclip.quant.spec import SCOPES, parse_spec
-
         try:
             self._check_types()
+            self._check_values()
         except ConfigError as exc:
             raise ConfigError(f"grid: {exc}") from None
+
+    def _check_values(self) -> None:
+        """Models, methods, scopes, specs, corruptions, the spurious pair and seeds, once the types are right."""
+        from qclip.evals.corruptions import parse_corruptions
+        from qclip.quant.spec import SCOPES
+
         if not self.models:
-            raise QclipInputError("grid: 'models' is empty")
+            raise ConfigError("'models' is empty")
         for m in self.models:
             if not isinstance(m, dict) or "name" not in m or set(m) - {"name", "pretrained"}:
-                raise QclipInputError(f"grid: each model is {{name: ..., pretrained: ...}}, got {m!r}")
+                raise ConfigError(f"each model is {{name: ..., pretrained: ...}}, got {m!r}")
         for method in self.methods:
             if method not in _METHOD_SUFFIX:
-                raise QclipInputError(f"grid: unknown method {method!r} (choose from {sorted(_METHOD_SUFFIX)})")
+                raise ConfigError(f"unknown method {method!r} (choose from {sorted(_METHOD_SUFFIX)})")
         for scope in self.scopes:
             if scope not in SCOPES:
-                raise QclipInputError(f"grid: unknown scope {scope!r} (choose from {SCOPES})")
+                raise ConfigError(f"unknown scope {scope!r} (choose from {SCOPES})")
         self.qat = [q if isinstance(q, QatEntry) else _qat_entry(q) for q in self.qat]
         for q in self.qat:
-            try:
-                if parse_spec(q.spec).kind != "quant":
-                    raise QclipInputError(f"grid: qat entry {q.name!r} needs a uniform quantization spec (e.g. "
-                                          f"w4a8-lsq), got {q.spec!r}")
-            except ValueError as exc:
-                if isinstance(exc, QclipInputError):
-                    raise
-                raise QclipInputError(f"grid: {exc}") from None
+            if check_spec(f"qat entry {q.name!r} spec", q.spec).kind != "quant":
+                raise ConfigError(f"qat entry {q.name!r} needs a uniform quantization spec (e.g. w4a8-lsq), got "
+                                  f"{q.spec!r}")
+        for text in [*self.quant_specs(), *self.truncation, *self.match_truncation]:
+            check_spec("spec", text)
         try:
-            for text in [*self.quant_specs(), *self.truncation, *self.match_truncation, *(q.spec for q in self.qat)]:
-                parse_spec(text)
             self.corruptions = [f"{n}:{s}" for n, s in parse_corruptions(",".join(self.corruptions))]
         except ValueError as exc:
-            raise QclipInputError(f"grid: {exc}") from None
+            raise ConfigError(str(exc)) from None
         for text in self.truncation:
-            if parse_spec(text).kind != "rank":
-                raise QclipInputError(f"grid: truncation entry {text!r} is not a rank spec (rank-e0.9, rank-f0.5, ...)")
+            if check_spec("truncation entry", text).kind != "rank":
+                raise ConfigError(f"truncation entry {text!r} is not a rank spec (rank-e0.9, rank-f0.5, ...)")
         for text in self.match_truncation:
-            spec = parse_spec(text)
+            spec = check_spec("match_truncation entry", text)
             if spec.kind != "quant" or spec.method == "smoothquant":
-                raise QclipInputError(f"grid: match_truncation entry {text!r} must be a quantization spec without "
-                                      "SmoothQuant (its weights are rescaled, so their error is not comparable)")
+                raise ConfigError(f"match_truncation entry {text!r} must be a quantization spec without "
+                                  "SmoothQuant (its weights are rescaled, so their error is not comparable)")
         if self.spurious is not None and len(self.spurious) != 2:
-            raise QclipInputError("grid: 'spurious' is a pair [common, counter]")
+            raise ConfigError("'spurious' is a pair [common, counter]")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise QclipInputError(f"grid: 'seeds' must be distinct integers, got {self.seeds!r}")
+            raise ConfigError(f"'seeds' must be distinct integers, got {self.seeds!r}")
 
     def _check_types(self) -> None:
         """Types and ranges of every key, before anything is expanded (a string where a list belongs is refused:
@@ -186,10 +185,10 @@ class GridConfig:
 
 def _qat_entry(entry) -> QatEntry:
     if not isinstance(entry, dict) or set(entry) - {"name", "spec", "checkpoint"} or "checkpoint" not in entry:
-        raise QclipInputError(f"grid: each qat entry is {{name, spec, checkpoint}}, got {entry!r}")
+        raise ConfigError(f"each qat entry is {{name, spec, checkpoint}}, got {entry!r}")
     spec = entry.get("spec")
     if not spec:
-        raise QclipInputError(f"grid: qat entry {entry!r} needs the 'spec' it was trained with (e.g. w4a8-lsq)")
+        raise ConfigError(f"qat entry {entry!r} needs the 'spec' it was trained with (e.g. w4a8-lsq)")
     return QatEntry(name=str(entry.get("name") or Path(entry["checkpoint"]).stem), spec=str(spec),
                     checkpoint=str(entry["checkpoint"]))
 
@@ -218,19 +217,19 @@ def load_grid(path: str | os.PathLike, **overrides) -> GridConfig:
 
     path = Path(path)
     if not path.is_file():
-        raise QclipInputError(f"grid config {path} does not exist")
+        raise ConfigError(f"grid config {path} does not exist")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise QclipInputError(f"grid config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"grid config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if data is None:
-        raise QclipInputError(f"grid config {path} is empty: it needs at least the models and the dataset")
+        raise ConfigError(f"grid config {path} is empty: it needs at least the models and the dataset")
     if not isinstance(data, dict):
-        raise QclipInputError(f"grid config {path} must be a mapping of settings")
+        raise ConfigError(f"grid config {path} must be a mapping of settings")
     known = {f.name for f in fields(GridConfig)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise QclipInputError(f"grid config {path}: unknown keys {unknown} (known: {sorted(known)})")
+        raise ConfigError(f"grid config {path}: unknown keys {unknown} (known: {sorted(known)})")
     data.setdefault("name", path.stem)
     root = data.get("data_root")
     if root and "://" not in str(root) and not Path(root).is_absolute():  # relative to the config file
@@ -239,7 +238,7 @@ def load_grid(path: str | os.PathLike, **overrides) -> GridConfig:
     try:
         return GridConfig(**data)
     except TypeError as exc:
-        raise QclipInputError(f"grid config {path}: {exc}") from None
+        raise ConfigError(f"grid config {path}: {exc}") from None
 
 
 def _bits(spec) -> str:
@@ -290,9 +289,9 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     try:
         i, n = (int(p) for p in text.split("/"))
     except ValueError:
-        raise QclipInputError(f"bad --shard {text!r}: expected I/N, e.g. 1/4") from None
+        raise ConfigError(f"bad --shard {text!r}: expected I/N, e.g. 1/4") from None
     if not 1 <= i <= n:
-        raise QclipInputError(f"bad --shard {text!r}: need 1 <= I <= N")
+        raise ConfigError(f"bad --shard {text!r}: need 1 <= I <= N")
     return i, n
 
 

@@ -18,15 +18,12 @@ __all__ = ["plot_sigma_spectra", "plot_sqnr", "plot_band_accuracy", "plot_radial
 
 
 def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
-    """Render a figure to PNG at `path` (written whole, then moved into place)."""
+    """Render a figure to PNG at `path`, written atomically (`qclip.io.paths.atomic_write_bytes`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     FigureCanvasAgg(fig)
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 

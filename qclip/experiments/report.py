@@ -8,8 +8,6 @@ MCM = softmax(cos/T), T=1. A cell is a "quant cell" when its kind is `quant` or 
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
@@ -20,6 +18,7 @@ from matplotlib.figure import Figure
 
 from qclip.io.paths import atomic_write_text
 from qclip.io.records import CellRecord
+from qclip.io.results import write_csv
 
 from .cells import (
     QUANT_KINDS,
@@ -425,20 +424,12 @@ def _findings_section(found: list[dict]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------ entry point
-def _write_csv(rows: list[dict], path: Path) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
-
-
 def write_report(records: list[CellRecord], out_dir: str | os.PathLike, *, title: str = "qclip ablation",
                  grid: dict | None = None) -> dict:
     """Write results.csv, report.md and PNG plots for the ablation records; return a summary (paths, findings)."""
     out = Path(out_dir)
     ctx = _Ctx(records, out)
-    _write_csv(tidy_rows(records), out / "results.csv")
+    write_csv(out / "results.csv", tidy_rows(records), CSV_COLUMNS)
     found = findings(records)
     lines = [*_header(ctx, title, grid), *_main_table(ctx), *_quant_vs_rank(ctx), *_integer(ctx), *_reliability(ctx),
              *_sqnr(ctx), *_band_accuracy(ctx), *_damping(ctx), *_uncertainty(ctx), *_findings_section(found)]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import io
 import json
 import logging
 import math
@@ -32,7 +31,8 @@ from qclip.io.data import resolve_dataset
 from qclip.io.errors import ConfigError
 from qclip.io.models import LoadedModel, load_model
 from qclip.io.paths import atomic_write_text
-from qclip.io.validate import PRECISIONS, check_choice, check_float, check_int, check_str
+from qclip.io.results import write_csv
+from qclip.io.validate import PRECISIONS, check_choice, check_float, check_int, check_spec, check_str
 from qclip.spectral.features import band_accuracy, band_name, feature_basis, parse_bands
 
 from .analysis import FpWeights, own_basis_accuracy, sqnr_profile, weight_spectra
@@ -61,21 +61,14 @@ class SpectrumConfig:
     perturbation_std: float = 0.1
 
     def __post_init__(self):
-        from qclip.quant.spec import parse_spec
-
         check_str("model", self.model)
         for name in ("pretrained", "features"):
             check_str(name, getattr(self, name), optional=True)
         for name in ("quant", "truncate"):
             text = check_str(name, getattr(self, name), optional=True)
-            if text is not None:
-                try:
-                    spec = parse_spec(text)
-                except ValueError as exc:
-                    raise ConfigError(f"bad {name} {text!r}: {exc}") from None
-                if name == "truncate" and spec.kind != "rank":
-                    raise ConfigError(f"truncate must be a rank-truncation spec (rank-k16, rank-e0.9, rank-f0.5), "
-                                      f"got {text!r}")
+            if text is not None and check_spec(name, text).kind != "rank" and name == "truncate":
+                raise ConfigError(f"truncate must be a rank-truncation spec (rank-k16, rank-e0.9, rank-f0.5), "
+                                  f"got {text!r}")
         check_int("limit", self.limit, minimum=1, optional=True)
         try:
             parse_bands(self.bands)
@@ -90,14 +83,8 @@ class SpectrumConfig:
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
     """Write `rows` as a CSV atomically (nothing when there are no rows)."""
-    if not rows:
-        return
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    buf = io.StringIO(newline="")
-    writer = csv.DictWriter(buf, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
+    if rows:
+        write_csv(path, rows)
 
 
 def _features(loaded: LoadedModel, spec, limit, device, progress, use_cache, precision):

@@ -77,7 +77,8 @@ def output_error(path: str | os.PathLike, exc: OSError) -> Exception:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` via a temp file in the same folder and `os.replace`, so readers never see half a file.
+    """Write `data` to `path` via a temp file in the same folder and `os.replace`, so readers never see half a file;
+    the file is fsynced before the rename and its folder after it, so a crash leaves the old or the new file.
 
     The file gets the mode a plain write would (0o666 less the umask); a full disk or an unwritable folder is a
     one-line `QclipInputError` and leaves neither the temp file nor a partial `path`."""
@@ -93,6 +94,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         os.chmod(tmp, file_mode())
         os.replace(tmp, path)
         tmp = None
+        _fsync_dir(path.parent)
     except OSError as exc:
         _discard(tmp)
         err = output_error(path, exc)
@@ -102,6 +104,21 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     except BaseException:
         _discard(tmp)
         raise
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (a rename survives a crash only once its folder is synced); skipped where the OS
+    cannot open a folder (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on a folder; the file itself is synced
+        pass
+    finally:
+        os.close(fd)
 
 
 def _discard(tmp: str | None) -> None:

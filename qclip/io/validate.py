@@ -8,7 +8,7 @@ from typing import Any, Iterable
 
 from .errors import ConfigError
 
-__all__ = ["PRECISIONS", "check_int", "check_float", "check_str", "check_str_list", "check_choice"]
+__all__ = ["PRECISIONS", "check_int", "check_float", "check_str", "check_str_list", "check_choice", "check_spec"]
 
 #: Weight/compute precisions every command accepts (`amp_bf16`: float32 weights under bfloat16 autocast).
 PRECISIONS = ("fp32", "amp_bf16", "fp16", "bf16", "pure_fp16", "pure_bf16")
@@ -62,3 +62,14 @@ def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
     if value not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
     return value
+
+
+def check_spec(name: str, value: Any):
+    """`value` parsed as a quantization / rank-truncation spec (`qclip.quant.spec.parse_spec`); a spec the parser
+    refuses is `bad NAME 'VALUE': reason`. The one place a user's spec text becomes a spec or a user error."""
+    from qclip.quant.spec import parse_spec
+
+    try:
+        return parse_spec(value)
+    except ValueError as exc:
+        raise ConfigError(f"bad {name} {value!r}: {exc}") from None
