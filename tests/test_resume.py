@@ -135,8 +135,10 @@ def test_a_kill_from_outside_at_an_arbitrary_moment_resumes_exactly(rn_dir, stra
 
 
 @pytest.mark.parametrize("value", ["0", "-3"])
-def test_a_bad_checkpoint_interval_is_one_line_and_exit_2(rn_dir, tmp_path, capsys, value):
+def test_a_bad_checkpoint_interval_is_one_line_and_exit_2(rn_dir, wds_root, tmp_path, capsys, monkeypatch, value):
     from qclip.cli import main
+
+    monkeypatch.setenv("QCLIP_DATA_ROOT", str(wds_root))  # the data resolves, so the interval is what is refused
 
     root = tmp_path / "run"
     assert main(["fit", "--config", str(REPO / "configs" / "qat_demo.yaml"), "--model.model", f"local-dir:{rn_dir}",

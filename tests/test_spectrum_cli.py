@@ -74,6 +74,9 @@ def test_spectrum_wandb_with_features_logs_line_plots(micro_dir, wds_root, tmp_p
     assert main(["spectrum", "--model", f"local-dir:{micro_dir}", "--quant", "w8a8", "--features", "wds/cifar10",
                  "--limit", "100", "--frequency-images", "32", "--data-root", str(wds_root), "--wandb",
                  "--no-progress", "--out", str(out)]) == 0
+    import wandb
+
+    wandb.teardown()  # run.finish() hands the last records to wandb's service; its exit is when the file is whole
     run_dir = next((out / "wandb").glob("offline-run-*"))
     logged = b"".join(p.read_bytes() for p in run_dir.rglob("*.wandb"))
     assert b"line/features_sqnr" in logged and b"plot/sqnr_vs_rank" in logged
