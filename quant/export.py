@@ -10,6 +10,7 @@ swaps those maps into a float model. Nothing here pickles: the tensors go to saf
 from __future__ import annotations
 
 import os
+from typing import Any, TypedDict
 
 import torch
 from torch import nn
@@ -21,11 +22,41 @@ from .primitives import qrange
 from .spec import MixedSpec, QuantSpec, RankSpec, parse_spec
 from .surgery import attention_surgery_, list_linear_maps
 
-__all__ = ["integer_tensors", "build_integer_model_", "map_kernel", "EXPORT_FORMAT", "int_config_for", "export_int_",
-           "save_int", "load_int"]
+__all__ = ["integer_tensors", "build_integer_model_", "check_integer_tensors", "map_kernel", "MapEntry", "EXPORT_FORMAT",
+           "int_config_for", "export_int_", "save_int", "load_int"]
 
-#: `format` of an export manifest (bumped when the layout of the tensors or entries changes)
-EXPORT_FORMAT = "qclip-export/1"
+#: `format` of an export manifest (bumped when the layout of the tensors, the entries or the manifest changes; 2: the
+#: manifest carries the sha256 of every file it describes)
+EXPORT_FORMAT = "qclip-export/2"
+
+
+class MapEntry(TypedDict, total=False):
+    """One exported map of an export manifest (see `integer_tensors`)."""
+
+    name: str
+    tower: str  # vision | text
+    role: str
+    op: str  # linear | conv2d
+    shape: list[int]
+    w_bits: int
+    a_bits: int | None
+    weights: str  # per_channel | per_group | per_tensor
+    symmetric: bool
+    grid: str  # lsq_step | torchao_qat_scale | rtn_scale | recovered
+    rotation: dict[str, int] | None
+    integer_weights: bool
+    integer_arithmetic: bool
+    kernel: str  # onednn | dequant
+    kernel_op: str
+    why_float: str | None
+    int16_safe: bool | None
+    conv: dict[str, Any]
+
+
+#: The keys every entry carries, with their types (checked when an export folder is read).
+_ENTRY_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,), "tower": (str,), "op": (str,), "shape": (list,), "w_bits": (int,), "symmetric": (bool,),
+    "integer_arithmetic": (bool,), "kernel": (str,)}
 _KERNEL_NAMES = {("linear", "onednn"): "onednn.qlinear_pointwise (u8 x s8 -> s32)",
                  ("conv2d", "onednn"): "onednn.qconv2d_pointwise (u8 x s8 -> s32)",
                  ("linear", "dequant"): "dequantize + F.linear (float32)",
@@ -102,7 +133,7 @@ def map_kernel(entry: dict) -> str:
 
 @torch.no_grad()
 def integer_tensors(model: nn.Module, spec: QuantSpec | MixedSpec | RankSpec | str | None, *,
-                    w_bits: dict[str, int] | None = None) -> tuple[dict[str, torch.Tensor], list[dict]]:
+                    w_bits: dict[str, int] | None = None) -> tuple[dict[str, torch.Tensor], list[MapEntry]]:
     """Integer codes and quantization parameters of every in-scope map of a fake-quant `model` (not changed).
 
     Returns (tensors, entries): tensors `{MAP}.weight_codes`, `.weight_scale`, `.weight_zero_point` (asymmetric
@@ -117,7 +148,7 @@ def integer_tensors(model: nn.Module, spec: QuantSpec | MixedSpec | RankSpec | s
     attention_surgery_(model)
     towers = towers_of(spec.scope)
     tensors: dict[str, torch.Tensor] = {}
-    entries: list[dict] = []
+    entries: list[MapEntry] = []
     for lm in list_linear_maps(model):
         if lm.tower not in towers:
             continue
@@ -138,14 +169,14 @@ def integer_tensors(model: nn.Module, spec: QuantSpec | MixedSpec | RankSpec | s
                    "int8 kernel (activations stay float)")
         kernel = "onednn" if why is None else "dequant"
         op = "conv2d" if conv else "linear"
-        entry = {"name": lm.name, "tower": lm.tower, "role": lm.role, "op": op, "shape": list(lm.shape),
-                 "w_bits": bits, "a_bits": None if act is None else act["bits"],
-                 "weights": "per_channel" if scale.shape[1] == 1 and scale.shape[0] > 1 else
-                 ("per_tensor" if scale.shape[1] == 1 else "per_group"),
-                 "symmetric": zp is None, "grid": source, "rotation": _rotation(module),
-                 "integer_weights": True, "integer_arithmetic": kernel == "onednn", "kernel": kernel,
-                 "kernel_op": _KERNEL_NAMES[(op, kernel)], "why_float": why,
-                 "int16_safe": None if kernel != "onednn" else int16_safe(act["qmax"], codes)}
+        entry: MapEntry = {"name": lm.name, "tower": lm.tower, "role": lm.role, "op": op, "shape": list(lm.shape),
+                            "w_bits": bits, "a_bits": None if act is None else act["bits"],
+                            "weights": "per_channel" if scale.shape[1] == 1 and scale.shape[0] > 1 else
+                            ("per_tensor" if scale.shape[1] == 1 else "per_group"),
+                            "symmetric": zp is None, "grid": source, "rotation": _rotation(module),
+                            "integer_weights": True, "integer_arithmetic": kernel == "onednn", "kernel": kernel,
+                            "kernel_op": _KERNEL_NAMES[(op, kernel)], "why_float": why,
+                            "int16_safe": None if kernel != "onednn" else int16_safe(act["qmax"], codes)}
         if conv:
             entry["conv"] = {"stride": list(module.stride), "padding": list(module.padding)
                              if not isinstance(module.padding, str) else module.padding,
@@ -160,6 +191,68 @@ def integer_tensors(model: nn.Module, spec: QuantSpec | MixedSpec | RankSpec | s
             tensors[f"{lm.name}.act_zero_point"] = torch.tensor([act["zero_point"]], dtype=torch.int32)
             tensors[f"{lm.name}.act_range"] = torch.tensor([act["qmin"], act["qmax"]], dtype=torch.int32)
     return tensors, entries
+
+
+def _check_entry(entry: Any) -> str:
+    """The name of a well-formed manifest entry; ValueError saying what is wrong otherwise."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"a map entry is a {type(entry).__name__}, not a mapping")
+    name = entry.get("name")
+    for key, types in _ENTRY_TYPES.items():
+        value = entry.get(key)
+        if not isinstance(value, types) or (types == (int,) and isinstance(value, bool)):
+            raise ValueError(f"map {name!r}: {key} is {str(value)[:80]!r}, expected {types[0].__name__}")
+    if entry["tower"] not in ("vision", "text") or entry["op"] not in ("linear", "conv2d"):
+        raise ValueError(f"map {name}: unknown tower {entry['tower']!r} or op {entry['op']!r}")
+    if entry["kernel"] not in ("onednn", "dequant"):
+        raise ValueError(f"map {name}: unknown kernel {entry['kernel']!r}")
+    if not 2 <= entry["w_bits"] <= 8:
+        raise ValueError(f"map {name}: w_bits {entry['w_bits']} is outside 2..8")
+    if not entry["shape"] or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in entry["shape"]):
+        raise ValueError(f"map {name}: shape {entry['shape']!r} is not a list of positive sizes")
+    return name
+
+
+def _finite_positive(t: torch.Tensor) -> bool:
+    return t.is_floating_point() and t.numel() > 0 and bool(torch.isfinite(t).all()) and bool((t > 0).all())
+
+
+def check_integer_tensors(entries: list[MapEntry], tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse an export whose entries and tensors disagree (ValueError naming the map): every entry well formed and
+    unique, every tensor belongs to an entry, scales finite and positive, codes and zero points in the range of their
+    bit width, activation grids within uint8."""
+    names = [_check_entry(e) for e in entries]
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup is not None:
+        raise ValueError(f"map {dup} is listed twice")
+    known = set(names)
+    stray = sorted({k.rsplit(".", 1)[0] for k in tensors} - known)
+    if stray:
+        raise ValueError(f"the integer weights hold map {stray[0]}, which the manifest does not list")
+    for entry in entries:
+        name, bits = entry["name"], entry["w_bits"]
+        codes, scale = tensors.get(f"{name}.weight_codes"), tensors.get(f"{name}.weight_scale")
+        if codes is None or scale is None:
+            raise ValueError(f"map {name} has no {'weight_codes' if codes is None else 'weight_scale'} tensor")
+        if not _finite_positive(scale):
+            raise ValueError(f"map {name}: a weight scale is not a finite positive number")
+        zp = tensors.get(f"{name}.weight_zero_point")
+        qmin, qmax = qrange(bits, zp is None)
+        if codes.dtype != (torch.int8 if zp is None else torch.uint8) or list(codes.shape) != list(entry["shape"]):
+            raise ValueError(f"map {name}: weight codes of {codes.dtype} {tuple(codes.shape)} do not fit the entry")
+        if codes.numel() and (int(codes.min()) < qmin or int(codes.max()) > qmax):
+            raise ValueError(f"map {name}: weight codes outside [{qmin}, {qmax}] of {bits}-bit weights")
+        if zp is not None and zp.numel() and (int(zp.min()) < qmin or int(zp.max()) > qmax):
+            raise ValueError(f"map {name}: weight zero points outside [{qmin}, {qmax}]")
+        act = tensors.get(f"{name}.act_scale")
+        if act is not None:
+            rng, azp = tensors.get(f"{name}.act_range"), tensors.get(f"{name}.act_zero_point")
+            if rng is None or azp is None or rng.numel() != 2 or azp.numel() != 1:
+                raise ValueError(f"map {name}: its activation grid lacks act_range or act_zero_point")
+            lo, hi = (int(v) for v in rng)
+            if not _finite_positive(act) or not 0 <= lo < hi <= 255 or not lo <= int(azp) <= hi:
+                raise ValueError(f"map {name}: activation grid (scale, range [{lo}, {hi}], zero point {int(azp)}) "
+                                 "is not a finite positive scale on a uint8 range")
 
 
 def _make_map(module: nn.Module, codes, scale, zp, act, rotation, kernel: str, bits: int) -> IntMap:

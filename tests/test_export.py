@@ -29,7 +29,8 @@ from safetensors.torch import load_file
 
 from qclip.cli import main
 from qclip.io.data import make_loader, resolve_dataset
-from qclip.io.models import load_export_dir, load_model, save_open_clip_dir
+from qclip.io.export_dir import load_export_dir
+from qclip.io.models import load_model, save_open_clip_dir
 
 X = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 

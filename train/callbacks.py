@@ -65,7 +65,7 @@ def _rank(k: float, name: str, pl_module) -> int:
 
 
 class ExportQAT(L.Callback):
-    """At the end of fit: write the run's export folder (`qclip.io.models.save_export_dir`, the layout `qclip export`
+    """At the end of fit: write the run's export folder (`qclip.io.export_dir.save_export_dir`, the layout `qclip export`
     writes): `float/` (fake quantizers folded into float weights; stock open_clip loads it) and, for quantized runs,
     the integer model (`int.safetensors`, the learned LSQ steps as its weight and activation grids) with
     `export.json` listing every quantized map and its kernel; `load_model(EXPORT_DIR)` rebuilds it."""
@@ -77,7 +77,8 @@ class ExportQAT(L.Callback):
     def on_fit_end(self, trainer, pl_module) -> None:
         from qclip.quant.spec import parse_spec
 
-        from qclip.io.models import model_config, save_export_dir
+        from qclip.io.export_dir import save_export_dir
+        from qclip.io.models import model_config
 
         out = Path(self.dirpath or Path(trainer.default_root_dir) / "export")
         model_cfg, preprocess_cfg = model_config(pl_module.hparams.model)

@@ -30,7 +30,8 @@ import torch
 from torch import nn
 
 from qclip.io.errors import ConfigError, QclipInputError
-from qclip.io.models import LoadedModel, export_dir_of, load_export_dir, load_model, read_export_manifest
+from qclip.io.export_dir import export_dir_of, load_export_dir, verify_export_dir
+from qclip.io.models import LoadedModel, load_model
 from qclip.io.paths import atomic_write_text
 from qclip.io.progress import progress_bar
 from qclip.io.validate import check_float, check_int
@@ -163,7 +164,7 @@ def _build_models(cfg: BenchConfig, data_root: str | None) -> tuple[dict[str, Lo
     export = export_dir_of(cfg.model)
     models: dict[str, LoadedModel] = {}
     if export is not None:
-        manifest = read_export_manifest(export)
+        manifest, _ = verify_export_dir(export)  # digests, entries and grids, before any model is built
         models["fp"] = load_model(f"local-dir:{export / 'float'}", device=cfg.device)
         if manifest["maps"]:
             models["fakequant"] = load_export_dir(export, cfg.device, kernel="dequant")

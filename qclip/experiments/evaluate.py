@@ -33,7 +33,7 @@ def run_eval(cfg: SuiteConfig, out: str, *, store: str | None = None, data_root:
     Bad input (an export folder with a quant spec, unwritable outputs, --store equal to --out) is refused before
     any model or data is loaded."""
     if cfg.quant is not None:
-        from qclip.io.models import export_dir_of
+        from qclip.io.export_dir import export_dir_of
 
         if export_dir_of(cfg.model) is not None:
             raise QclipInputError(f"--model {cfg.model} is an export folder (already quantized): drop --quant, or "

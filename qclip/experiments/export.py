@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from qclip.evals.variants import needs_calibration, quantize_loaded
 from qclip.io.errors import ConfigError, ModelLoadError
-from qclip.io.models import export_dir_of, load_model, model_config, save_export_dir
+from qclip.io.export_dir import ExportManifest, check_export_target, export_dir_of, save_export_dir
+from qclip.io.models import load_model, model_config
 from qclip.io.paths import check_output_dir
 
 from .demo import ensure_demo
@@ -14,16 +15,18 @@ __all__ = ["run_export", "export_line"]
 
 
 def run_export(model: str, out: str, *, pretrained: str | None = None, spec=None, dataset: str | None = None,
-               data_root: str | None = None, calib_batches: int | None = None, progress: bool = True) -> dict:
+               data_root: str | None = None, calib_batches: int | None = None,
+               progress: bool = True) -> ExportManifest:
     """Write the export folder of `model` (and of its `spec` variant, a parsed spec) under `out`; return the manifest.
 
-    Bad input (an activation spec without `dataset`, an export folder as `model`, an unusable `out`) is refused
-    before any model or data is loaded."""
+    Bad input (an activation spec without `dataset`, an export folder as `model`, an unusable `out`, or one that
+    holds files but is not an export folder) is refused before any model or data is loaded."""
     if spec is not None and needs_calibration(spec) and dataset is None:
         raise ConfigError(f"--quant {spec} quantizes activations: pass --dataset wds/NAME for calibration images")
     if export_dir_of(model) is not None:
         raise ModelLoadError(f"--model {model} is already an export folder: export its source model instead")
     check_output_dir(out, "--out")
+    check_export_target(out)
     calib = None
     if dataset is not None:
         from qclip.io.data import resolve_dataset
@@ -46,7 +49,7 @@ def run_export(model: str, out: str, *, pretrained: str | None = None, spec=None
                            w_bits=w_bits)
 
 
-def export_line(model: str, out: str, spec, manifest: dict) -> str:
+def export_line(model: str, out: str, spec, manifest: ExportManifest) -> str:
     """The one-line summary `qclip export` prints: the folders written and how many maps run in integer arithmetic."""
     s = manifest["summary"]
     line = f"exported {model} -> {out}/float"

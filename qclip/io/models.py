@@ -1,4 +1,5 @@
-"""Load open_clip models from every source a user has: name + tag, checkpoint files, `local-dir:`, `hf-hub:`, demo.
+"""Load open_clip models from every source a user has: name + tag, checkpoint files, `local-dir:`, `hf-hub:`, demo,
+export folders (read by `qclip.io.export_dir`), one resolver per source kind.
 
 Only safe formats are read: safetensors, or `torch.load(weights_only=True)`. Anything unusable raises
 `ModelLoadError` with a one-line reason (the CLI turns it into exit status 2).
@@ -28,11 +29,11 @@ from .demo import (
     register_model_configs,
 )
 from .errors import ModelLoadError
+from .export_dir import FLOAT_DIR, export_dir_of, load_export_dir
 from .paths import atomic_write_bytes, atomic_write_text
 
-__all__ = ["LoadedModel", "load_model", "read_state_dict", "load_state_dict_into", "save_open_clip_dir", "model_config",
-           "check_finite", "load_error_reason", "CHECKPOINT_SUFFIXES", "EXPORT_MANIFEST", "INT_WEIGHTS_FILE",
-           "export_dir_of", "save_export_dir", "load_export_dir", "read_export_manifest"]
+__all__ = ["LoadedModel", "load_model", "source_kind", "read_state_dict", "load_state_dict_into", "save_open_clip_dir",
+           "model_config", "check_finite", "load_error_reason", "CHECKPOINT_SUFFIXES"]
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 _PREFIXES = ("", "module.", "model.", "model.module.", "_orig_mod.", "model._orig_mod.")
@@ -173,55 +174,60 @@ def _checkpoint_arch(path: Path) -> str:
     raise ModelLoadError(f"cannot tell the architecture of {path}: pass --model ARCH --pretrained {path}")
 
 
-def load_model(name: str, pretrained: str | None = None, device: str | torch.device = "cpu",
-               precision: str = "fp32") -> LoadedModel:
-    """Load an open_clip model with its eval transform and tokenizer from any supported source.
+def _load_export(name: str, pretrained: str | None, device, precision: str) -> LoadedModel:
+    """An export folder (`export.json` + `float/` + `int.safetensors`), verified, as its integer model."""
+    folder = export_dir_of(name)
+    if pretrained:
+        raise ModelLoadError(f"--pretrained cannot be combined with the export folder {folder} (it holds the "
+                             "weights)")
+    return load_export_dir(folder, device, precision)
 
-    `name` is one of: an open_clip architecture (`ViT-B-32`, with `pretrained` a tag such as `openai` or a
-    checkpoint path), `demo`, `local-dir:PATH`, `hf-hub:ORG/NAME` (honours `HF_HUB_OFFLINE`), or a checkpoint
-    file that names its architecture (a sibling `open_clip_config.json`, or a Lightning `.ckpt` whose
-    hyper-parameters hold `model_name`).
-    """
-    register_model_configs()
-    if precision.startswith("amp"):
-        precision = "fp32"  # autocast precisions keep float32 weights (see evals.zeroshot.extract_image_features)
-    export = export_dir_of(name)
-    if export is not None:
-        if pretrained:
-            raise ModelLoadError(f"--pretrained cannot be combined with the export folder {export} (it holds the "
-                                 "weights)")
-        return load_export_dir(export, device, precision)
-    file_weights: Path | None = None
-    if name == "demo":
-        folder = demo_dir()
-        if not is_trained(folder):
-            raise ModelLoadError(f"the demo model is not trained yet (looked in {folder}): run `qclip pretrain-demo`"
-                                 " or train.demo.ensure_demo_model()")
-        name = f"local-dir:{folder}"
-    if name.startswith(("local-dir:", "hf-hub:")):
-        if pretrained:
-            raise ModelLoadError(f"--pretrained cannot be combined with {name.split(':')[0]}: (the folder or repo "
-                                 "holds the weights)")
-        if name.startswith("local-dir:"):
-            folder = Path(name[len("local-dir:"):])
-            if not (folder / "open_clip_config.json").is_file():
-                raise ModelLoadError(f"local-dir {folder} has no open_clip_config.json")
-        model, preprocess, tokenizer = _create(name, None, device, precision, require_pretrained=True)
-        check_finite(dict(model.named_parameters()), name)
-        return LoadedModel(model.eval(), preprocess, tokenizer)
-    if name.endswith(CHECKPOINT_SUFFIXES) and pretrained is None:
-        file_weights = Path(name)
-        _check_file(file_weights)
-        name = _checkpoint_arch(file_weights)
-        if name.startswith("local-dir:"):  # the sibling config only: other weight files there are not read
-            model, preprocess, tokenizer = _create(name, None, device, precision, load_weights=False)
-            load_state_dict_into(model, read_state_dict(file_weights), str(file_weights))
-            return LoadedModel(model.eval(), preprocess, tokenizer)
+
+def _load_demo(name: str, pretrained: str | None, device, precision: str) -> LoadedModel:
+    """The demo model from the user cache (trained by `qclip pretrain-demo`)."""
+    folder = demo_dir()
+    if not is_trained(folder):
+        raise ModelLoadError(f"the demo model is not trained yet (looked in {folder}): run `qclip pretrain-demo`"
+                             " or train.demo.ensure_demo_model()")
+    return _load_folder(f"local-dir:{folder}", pretrained, device, precision)
+
+
+def _load_folder(name: str, pretrained: str | None, device, precision: str) -> LoadedModel:
+    """`local-dir:PATH` (an open_clip folder) or `hf-hub:ORG/NAME`: the folder or repo holds config and weights."""
+    if pretrained:
+        raise ModelLoadError(f"--pretrained cannot be combined with {name.split(':')[0]}: (the folder or repo "
+                             "holds the weights)")
+    if name.startswith("local-dir:"):
+        folder = Path(name[len("local-dir:"):])
+        if not (folder / CONFIG_FILE).is_file():
+            raise ModelLoadError(f"local-dir {folder} has no open_clip_config.json")
+    model, preprocess, tokenizer = _create(name, None, device, precision, require_pretrained=True)
+    check_finite(dict(model.named_parameters()), name)
+    return LoadedModel(model.eval(), preprocess, tokenizer)
+
+
+def _load_checkpoint(name: str, pretrained: str | None, device, precision: str) -> LoadedModel:
+    """A self-describing checkpoint file: a sibling `open_clip_config.json` (only that config is read beside it), or
+    a Lightning `.ckpt` whose hyper-parameters name the architecture."""
+    path = Path(name)
+    _check_file(path)
+    arch = _checkpoint_arch(path)
+    if not arch.startswith("local-dir:"):
+        return _load_open_clip(arch, None, device, precision, weights=path)
+    model, preprocess, tokenizer = _create(arch, None, device, precision, load_weights=False)
+    load_state_dict_into(model, read_state_dict(path), str(path))
+    return LoadedModel(model.eval(), preprocess, tokenizer)
+
+
+def _load_open_clip(name: str, pretrained: str | None, device, precision: str, *,
+                    weights: Path | None = None) -> LoadedModel:
+    """An open_clip architecture: with a pretrained tag, a checkpoint file (`pretrained` or `weights`), or neither
+    (random initialisation, with a warning)."""
     arch = name.replace("/", "-")
     if arch not in open_clip.list_models():
         raise ModelLoadError(f"unknown model '{name}': use an open_clip architecture (e.g. ViT-B-32), demo, "
                              "local-dir:PATH, hf-hub:ORG/NAME or a checkpoint file")
-    if pretrained and file_weights is None:
+    if pretrained and weights is None:
         if pretrained in open_clip.list_pretrained_tags_by_model(arch):
             model, preprocess, tokenizer = _create(arch, pretrained, device, precision, require_pretrained=True)
             check_finite(dict(model.named_parameters()), f"{arch} (pretrained={pretrained})")
@@ -229,14 +235,51 @@ def load_model(name: str, pretrained: str | None = None, device: str | torch.dev
         if not _is_path_like(pretrained):
             tags = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none"
             raise ModelLoadError(f"unknown pretrained tag '{pretrained}' for {arch} (known tags: {tags})")
-        file_weights = Path(pretrained)
-        _check_file(file_weights)
+        weights = Path(pretrained)
+        _check_file(weights)
     model, preprocess, tokenizer = _create(arch, None, device, precision)
-    if file_weights is not None:
-        load_state_dict_into(model, read_state_dict(file_weights), str(file_weights))
+    if weights is not None:
+        load_state_dict_into(model, read_state_dict(weights), str(weights))
     else:
         log.warning("model %s has no pretrained weights: it is randomly initialised", arch)
     return LoadedModel(model.eval(), preprocess, tokenizer)
+
+
+#: One resolver per source kind (`source_kind`), as open_clip's factory dispatches on `hf-hub:` / `local-dir:`.
+_RESOLVERS: dict[str, Callable[..., LoadedModel]] = {
+    "export": _load_export, "demo": _load_demo, "local-dir": _load_folder, "hf-hub": _load_folder,
+    "checkpoint": _load_checkpoint, "open_clip": _load_open_clip}
+
+
+def source_kind(name: str, pretrained: str | None = None) -> str:
+    """Which source a model name is: export, demo, local-dir, hf-hub, checkpoint (a file naming its architecture) or
+    open_clip (an architecture, with a tag, a checkpoint path or nothing as `pretrained`)."""
+    if export_dir_of(name) is not None:
+        return "export"
+    if name == "demo":
+        return "demo"
+    if name.startswith(("local-dir:", "hf-hub:")):
+        return name.split(":", 1)[0]
+    if name.endswith(CHECKPOINT_SUFFIXES) and pretrained is None:
+        return "checkpoint"
+    return "open_clip"
+
+
+def load_model(name: str, pretrained: str | None = None, device: str | torch.device = "cpu",
+               precision: str = "fp32") -> LoadedModel:
+    """Load an open_clip model with its eval transform and tokenizer from any supported source.
+
+    `name` is one of: an open_clip architecture (`ViT-B-32`, with `pretrained` a tag such as `openai` or a
+    checkpoint path), `demo`, `local-dir:PATH`, `hf-hub:ORG/NAME` (honours `HF_HUB_OFFLINE`), a checkpoint
+    file that names its architecture (a sibling `open_clip_config.json`, or a Lightning `.ckpt` whose
+    hyper-parameters hold `model_name`), or an export folder (`qclip export`). Each kind has its own resolver.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ModelLoadError(f"model name must be a non-empty string, got {name!r}")
+    register_model_configs()
+    if precision.startswith("amp"):
+        precision = "fp32"  # autocast precisions keep float32 weights (see evals.zeroshot.extract_image_features)
+    return _RESOLVERS[source_kind(name, pretrained)](name, pretrained, device, precision)
 
 
 def model_config(name: str) -> tuple[dict, dict]:
@@ -248,7 +291,13 @@ def model_config(name: str) -> tuple[dict, dict]:
     if export is not None:
         name = f"local-dir:{export / FLOAT_DIR}"
     if name.startswith("local-dir:"):
-        cfg = json.loads((Path(name[len("local-dir:"):]) / CONFIG_FILE).read_text())
+        path = Path(name[len("local-dir:"):]) / CONFIG_FILE
+        try:
+            cfg = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelLoadError(f"cannot read model config {path}: {load_error_reason(exc)}") from exc
+        if not isinstance(cfg, dict):
+            raise ModelLoadError(f"model config {path} holds a {type(cfg).__name__}, not a mapping")
         return cfg.get("model_cfg", cfg), cfg.get("preprocess_cfg", {})
     if name.endswith(CHECKPOINT_SUFFIXES):
         return model_config(_checkpoint_arch(Path(name)))
@@ -270,145 +319,3 @@ def save_open_clip_dir(model: nn.Module, model_cfg: dict, folder: str | os.PathL
     config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg or {}}
     atomic_write_text(folder / CONFIG_FILE, json.dumps(config, indent=2))
     return folder
-
-
-# ----------------------------------------------------------------------------------------------- export folders
-#: An export folder (`qclip export`, `qclip fit`'s `export/`): `float/` (a stock open_clip folder, fake quantizers
-#: folded into float weights), `int.safetensors` (integer codes and grids) and this manifest, written last.
-EXPORT_MANIFEST = "export.json"
-INT_WEIGHTS_FILE = "int.safetensors"
-FLOAT_DIR = "float"
-
-
-def export_dir_of(name: str) -> Path | None:
-    """The export folder a model name points at (a folder path or `local-dir:PATH` holding `export.json`), or None."""
-    if not isinstance(name, str) or name == "demo" or name.startswith("hf-hub:"):
-        return None
-    folder = Path(name[len("local-dir:"):] if name.startswith("local-dir:") else name)
-    return folder if (folder / EXPORT_MANIFEST).is_file() else None
-
-
-def save_export_dir(model: nn.Module, spec, folder: str | os.PathLike, *, model_cfg: dict,
-                    preprocess_cfg: dict | None = None, source: dict | None = None,
-                    w_bits: dict[str, int] | None = None) -> dict:
-    """Write an export folder from a fake-quant `model` (not changed) and its spec (None: float only); return the
-    manifest. `float/` loads in stock open_clip, `int.safetensors` + `export.json` rebuild the integer model
-    (`load_model(FOLDER)`); the manifest lists every quantized map, its kernel, and why when it is not integer."""
-    import copy
-
-    from safetensors.torch import save
-
-    from qclip.quant.export import EXPORT_FORMAT, integer_tensors
-    from qclip.quant.kernels import cpu_int8_vnni, onednn_int8_available
-    from qclip.quant.qat import convert_qat_
-    from qclip.quant.spec import parse_spec
-    from qclip.quant.surgery import list_linear_maps
-
-    from .results import versions
-
-    spec = parse_spec(spec) if isinstance(spec, str) else spec
-    folder = Path(folder)
-    work = copy.deepcopy(model).cpu().eval()
-    tensors, entries = integer_tensors(work, spec, w_bits=w_bits)
-    plain = convert_qat_(work)
-    save_open_clip_dir(plain, model_cfg, folder / FLOAT_DIR, preprocess_cfg)
-    int_file = folder / INT_WEIGHTS_FILE
-    if tensors:
-        atomic_write_bytes(int_file, save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}))
-    elif int_file.exists():
-        int_file.unlink()  # a stale one from an earlier export into this folder
-    all_maps = list_linear_maps(plain)
-    summary: dict = {"maps": len(entries), "integer_arithmetic": sum(e["integer_arithmetic"] for e in entries)}
-    summary["dequantized"] = summary["maps"] - summary["integer_arithmetic"]
-    summary["by_tower"] = {t: {"total_maps": sum(m.tower == t for m in all_maps),
-                               "quantized": sum(e["tower"] == t for e in entries),
-                               "integer_arithmetic": sum(e["tower"] == t and e["integer_arithmetic"] for e in entries)}
-                           for t in ("vision", "text")}
-    summary["by_op"] = {op: {"quantized": sum(e["op"] == op for e in entries),
-                             "integer_arithmetic": sum(e["op"] == op and e["integer_arithmetic"] for e in entries)}
-                        for op in ("linear", "conv2d")}
-    vnni = cpu_int8_vnni()
-    notes = []
-    unsafe = _int16_unsafe(entries)
-    if vnni is False and unsafe:
-        notes.append(f"this CPU has no VNNI: oneDNN's int8 kernels sum u8 x s8 pairs in saturating int16, so "
-                     f"{len(unsafe)} maps with 8-bit weights and full-range 8-bit activations lose precision here; "
-                     "7-bit activations (e.g. --quant w8a7) or weights never saturate")
-    manifest = {"format": EXPORT_FORMAT, "spec": None if spec is None else str(spec), "source": source or {},
-                "float": FLOAT_DIR, "int_weights": INT_WEIGHTS_FILE if tensors else None, "summary": summary,
-                "maps": entries,
-                "exported_on": {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "vnni": vnni,
-                                "onednn_int8": onednn_int8_available()},
-                "notes": notes, "versions": versions()}
-    atomic_write_text(folder / EXPORT_MANIFEST, json.dumps(manifest, indent=2, allow_nan=False) + "\n")
-    return manifest
-
-
-def read_export_manifest(folder: str | os.PathLike) -> dict:
-    """The manifest of an export folder (`ModelLoadError` when it is missing, unreadable or of another format)."""
-    from qclip.quant.export import EXPORT_FORMAT
-
-    path = Path(folder) / EXPORT_MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"cannot read export manifest {path}: {load_error_reason(exc)}") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != EXPORT_FORMAT:
-        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise ModelLoadError(f"{path} is not a {EXPORT_FORMAT} manifest (format {got!r})")
-    if not isinstance(manifest.get("maps"), list) or not all(isinstance(e, dict) for e in manifest["maps"]):
-        raise ModelLoadError(f"{path}: 'maps' must be a list of map entries")
-    return manifest
-
-
-_WARNED_VNNI = False
-
-
-def _int16_unsafe(entries: list[dict]) -> list[dict]:
-    """The oneDNN maps whose u8 x s8 pair sums can saturate int16 on a CPU without VNNI (see `int16_safe`); an
-    older manifest without the field counts maps with 8-bit weights."""
-    return [e for e in entries if e["kernel"] == "onednn" and not e.get("int16_safe", e["w_bits"] <= 7)]
-
-
-def load_export_dir(folder: str | os.PathLike, device: str | torch.device = "cpu", precision: str = "fp32", *,
-                    kernel: str | None = None) -> LoadedModel:
-    """The integer model of an export folder: its float model with every exported map rebuilt from integer codes.
-
-    `kernel="dequant"` rebuilds the fake-quant reference instead (same grids, float arithmetic). Maps planned for
-    oneDNN run on the CPU only."""
-    global _WARNED_VNNI
-    from qclip.quant.export import build_integer_model_, map_kernel
-    from qclip.quant.kernels import cpu_int8_vnni
-
-    folder = Path(folder)
-    manifest = read_export_manifest(folder)
-    if precision.startswith("amp"):
-        precision = "fp32"
-    if precision != "fp32":
-        raise ModelLoadError(f"export folder {folder}: runs in float32 around its integer maps, not {precision}")
-    entries = manifest["maps"]
-    loaded = load_model(f"local-dir:{folder / FLOAT_DIR}")
-    if entries:
-        from safetensors.torch import load_file
-
-        path = folder / INT_WEIGHTS_FILE
-        _check_file(path)
-        try:
-            tensors = load_file(str(path), device="cpu")
-        except Exception as exc:  # safetensors raises its own SafetensorError
-            raise ModelLoadError(f"cannot read {path}: {load_error_reason(exc)}") from exc
-        try:
-            build_integer_model_(loaded.model, entries, tensors, kernel=kernel)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ModelLoadError(f"export folder {folder} does not fit its float model: {exc}") from exc
-    onednn = [e for e in entries if (kernel or map_kernel(e)) == "onednn"]
-    if onednn and torch.device(device).type != "cpu":
-        raise ModelLoadError(f"export folder {folder} runs {len(onednn)} maps on oneDNN's CPU int8 kernels: use "
-                             "--device cpu")
-    unsafe = _int16_unsafe(onednn)
-    if unsafe and cpu_int8_vnni() is False and not _WARNED_VNNI:
-        _WARNED_VNNI = True
-        log.warning(f"this CPU has no VNNI: oneDNN's int8 kernels saturate int16 partial sums of 8-bit weights x "
-                    f"8-bit activations in {len(unsafe)} maps (about 1% relative error per map on random data); "
-                    "export with 7-bit activations (e.g. w8a7) for exact integer sums here")
-    return LoadedModel(loaded.model.to(device).eval(), loaded.preprocess, loaded.tokenizer)
