@@ -21,7 +21,7 @@ from qclip.io.errors import ConfigError, DataError
 from qclip.io.models import LoadedModel, load_model
 from qclip.io.records import Metrics, SuiteRecord
 from qclip.io.store import config_hash
-from qclip.io.validate import PRECISIONS, check_choice, check_int, check_str, check_str_list
+from qclip.io.validate import PRECISIONS, check_choice, check_int, check_seed, check_str, check_str_list
 
 from .features import DecodedImages, dataset_features
 from .metrics import (
@@ -91,7 +91,7 @@ class SuiteConfig:
             raise ConfigError(f"spurious needs two datasets (common, counter), got {self.spurious!r}")
         check_int("limit", self.limit, minimum=1, optional=True)
         check_int("ood_limit", self.ood_limit, minimum=1, optional=True)
-        check_int("seed", self.seed, minimum=0)
+        check_seed("seed", self.seed)
         check_int("bootstrap", self.bootstrap, minimum=0)
         check_int("calib_batches", self.calib_batches, minimum=1, optional=True)
         check_choice("precision", self.precision, PRECISIONS)

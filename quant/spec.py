@@ -29,6 +29,9 @@ OBSERVERS = ("minmax", "ema", "percentile", "mse")
 GRANULARITIES = ("per_channel", "per_group", "per_tensor")
 SCOPES = ("vision", "vision+text")
 ALLOCATIONS = ("spectral", "random")
+#: The largest seed qclip accepts anywhere: Lightning's `seed_everything` (the demo pretraining, `qclip fit`) and
+#: numpy take seeds below 2**32 (torch generators take any below 2**64), so one bound serves every seed path.
+MAX_SEED = 2**32 - 1
 _METHOD_TOKENS = {"rtn": "rtn", "smoothquant": "smoothquant", "sq": "smoothquant", "rot": "rotation",
                   "rotation": "rotation", "lsq": "lsq"}
 _METHOD_SUFFIX = {"rtn": "", "smoothquant": "-smoothquant", "rotation": "-rot", "lsq": "-lsq",
@@ -193,8 +196,8 @@ class MixedSpec:
             raise ValueError(f"a_bits must be None (weight-only) or an integer in 2..8, got {self.a_bits!r}")
         if self.allocation not in ALLOCATIONS:
             raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {self.allocation!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be an integer in 0..{MAX_SEED} (2**32 - 1), got {str(self.seed)[:40]}")
         if self.seed and self.allocation != "random":
             raise ValueError(f"seed only applies to allocation='random' (the spectral allocation is deterministic), "
                              f"got seed={self.seed!r}")

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from qclip.io.data import WdsImageDataset, make_loader, resolve_dataset
-from qclip.io.validate import check_int, check_str
+from qclip.io.validate import check_int, check_seed, check_str
 
 __all__ = ["template_index", "CaptionedWds", "TokenizeCollate", "ResumableLoader", "PairDataModule"]
 
@@ -120,7 +120,7 @@ class PairDataModule(L.LightningDataModule):
         check_int("train_limit", train_limit, minimum=1, optional=True)
         check_int("val_limit", val_limit, minimum=1, optional=True)
         check_int("calib_pairs", calib_pairs, minimum=0)
-        check_int("seed", seed, minimum=0)
+        check_seed("seed", seed)
         resolve_dataset(dataset, data_root, train_split)  # an unknown dataset fails before any logger or model
         self.save_hyperparameters()
         self.preprocess: Callable | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .flags import add_data_root, add_model_args, add_no_cache, add_runtime_args, given, one_line_errors
-from .values import device_of, non_negative_int, parse_corruption_list, parse_pair, parse_quant, positive_int
+from .values import device_of, non_negative_int, parse_corruption_list, parse_pair, parse_quant, positive_int, seed
 
 __all__ = ["add_parser", "run"]
 
@@ -30,7 +30,7 @@ def add_parser(sub) -> None:
     ev.add_argument("--spurious", default=None, metavar="COMMON,COUNTER",
                     help="two datasets (common / counter groups) for RSG, ΔRSG and Vuln_add")
     ev.add_argument("--ood-limit", type=positive_int, default=None, help="first N samples of each OOD/shift set")
-    ev.add_argument("--seed", type=non_negative_int, default=None, help="seed of splits, corruptions and bootstrap")
+    ev.add_argument("--seed", type=seed, default=None, help="seed of splits, corruptions and bootstrap")
     ev.add_argument("--bootstrap", type=non_negative_int, default=None, help="bootstrap resamples for the intervals "
                     "(0: off)")
     ev.add_argument("--store", default=None, help="also append the record to this JSONL results store (skip if "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .flags import add_data_root, add_progress, given, one_line_errors
-from .values import check_outputs, non_negative_int, positive_int
+from .values import check_outputs, positive_int, seed
 
 __all__ = ["add_parser", "run"]
 
@@ -16,7 +16,7 @@ def add_parser(sub) -> None:
                                         "--model demo)"))
     pd.add_argument("--epochs", type=positive_int, default=None, help="training epochs (default 3)")
     pd.add_argument("--out", default=None, help="folder to write (default: the demo cache dir)")
-    pd.add_argument("--seed", type=non_negative_int, default=None, help="training seed")
+    pd.add_argument("--seed", type=seed, default=None, help="training seed")
     pd.add_argument("--precision", default=None, choices=["auto", "32-true", "bf16-mixed", "16-mixed"],
                     help="training precision (default auto: bf16-mixed where bfloat16 is native, else 32-true)")
     add_data_root(pd)

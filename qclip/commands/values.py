@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 
-__all__ = ["positive_int", "non_negative_int", "non_negative_float", "device_of", "parse_quant", "parse_pair",
+__all__ = ["positive_int", "non_negative_int", "seed", "non_negative_float", "device_of", "parse_quant", "parse_pair",
            "parse_corruption_list", "check_outputs"]
 
 
@@ -30,6 +30,16 @@ def non_negative_int(text: str) -> int:
     value = _int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return value
+
+
+def seed(text: str) -> int:
+    """argparse type: a seed, an integer in 0..2**32 - 1 (the bound every seed path accepts)."""
+    from qclip.io.validate import MAX_SEED
+
+    value = non_negative_int(text)
+    if value > MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be <= {MAX_SEED} (2**32 - 1), got {text[:40]}")
     return value
 
 

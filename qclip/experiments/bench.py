@@ -34,7 +34,7 @@ from qclip.io.export_dir import export_dir_of, load_export_dir, verify_export_di
 from qclip.io.models import LoadedModel, load_model
 from qclip.io.paths import atomic_write_text
 from qclip.io.progress import progress_bar
-from qclip.io.validate import check_float, check_int
+from qclip.io.validate import check_float, check_int, check_seed
 
 __all__ = ["BenchConfig", "VARIANTS", "parse_batches", "run_bench", "bench_markdown", "write_bench", "weight_bytes",
            "input_shape", "random_calibrator"]
@@ -83,7 +83,7 @@ class BenchConfig:
             raise ConfigError(f"batches must be positive integers, got {self.batches!r}")
         check_int("repeats", self.repeats, minimum=1)
         check_int("warmup", self.warmup, minimum=0)
-        check_int("seed", self.seed, minimum=0)
+        check_seed("seed", self.seed)
         check_int("calib_batches", self.calib_batches, minimum=1, optional=True)
         check_float("min_time", self.min_time, low=0.0)
         if self.device not in ("cpu", "cuda") and not str(self.device).startswith("cuda:"):

@@ -15,7 +15,17 @@ from pathlib import Path
 
 from qclip.io.errors import ConfigError
 from qclip.io.records import CellInfo
-from qclip.io.validate import PRECISIONS, check_choice, check_int, check_spec, check_str, check_str_list
+from qclip.io.validate import (
+    MAX_SHOWN,
+    PRECISIONS,
+    check_choice,
+    check_int,
+    check_seed,
+    check_spec,
+    check_str,
+    check_str_list,
+    shown,
+)
 
 __all__ = ["GridConfig", "Cell", "QatEntry", "load_grid", "expand_cells", "parse_shard", "shard_cells", "spec_string",
            "grid_data_root", "has_integer_cell"]
@@ -101,15 +111,12 @@ class GridConfig:
 
         if not self.models:
             raise ConfigError("'models' is empty")
-        for m in self.models:
-            if not isinstance(m, dict) or "name" not in m or set(m) - {"name", "pretrained"}:
-                raise ConfigError(f"each model is {{name: ..., pretrained: ...}}, got {m!r}")
         for method in self.methods:
             if method not in _METHOD_SUFFIX:
-                raise ConfigError(f"unknown method {method!r} (choose from {sorted(_METHOD_SUFFIX)})")
+                raise ConfigError(f"unknown method {shown(method)} (choose from {sorted(_METHOD_SUFFIX)})")
         for scope in self.scopes:
             if scope not in SCOPES:
-                raise ConfigError(f"unknown scope {scope!r} (choose from {SCOPES})")
+                raise ConfigError(f"unknown scope {shown(scope)} (choose from {SCOPES})")
         self.qat = [q if isinstance(q, QatEntry) else _qat_entry(q) for q in self.qat]
         for q in self.qat:
             if check_spec(f"qat entry {q.name!r} spec", q.spec).kind != "quant":
@@ -132,7 +139,7 @@ class GridConfig:
         if self.spurious is not None and len(self.spurious) != 2:
             raise ConfigError("'spurious' is a pair [common, counter]")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ConfigError(f"'seeds' must be distinct integers, got {self.seeds!r}")
+            raise ConfigError(f"'seeds' must be distinct integers, got {shown(self.seeds)}")
 
     def _check_types(self) -> None:
         """Types and ranges of every key, before anything is expanded (a string where a list belongs is refused:
@@ -141,16 +148,29 @@ class GridConfig:
 
         check_str("name", self.name)
         if not isinstance(self.models, list):
-            raise ConfigError(f"models must be a list of {{name, pretrained}}, got {self.models!r}")
+            raise ConfigError(f"models must be a list of {{name, pretrained}}, got {shown(self.models)}")
+        for m in self.models:
+            if not isinstance(m, dict) or "name" not in m or set(m) - {"name", "pretrained"}:
+                raise ConfigError(f"each model is {{name: ..., pretrained: ...}}, got {shown(m)}")
+            check_str("a model's name", m["name"])
+            check_str(f"the pretrained of model {m['name']}", m.get("pretrained"), optional=True)
         for key in ("methods", "bits", "scopes", "extra_specs", "truncation", "match_truncation", "ood", "shift",
                     "corruptions"):
             setattr(self, key, check_str_list(key, getattr(self, key)))
         if not isinstance(self.qat, list):
-            raise ConfigError(f"qat must be a list of {{name, spec, checkpoint}}, got {self.qat!r}")
+            raise ConfigError(f"qat must be a list of {{name, spec, checkpoint}}, got {shown(self.qat)}")
+        for q in self.qat:
+            if isinstance(q, dict):
+                for key in ("name", "spec", "checkpoint"):
+                    check_str(f"the {key} of a qat entry", q.get(key), optional=key != "checkpoint")
         if not isinstance(self.seeds, list):
-            raise ConfigError(f"seeds must be a list of integers, got {self.seeds!r}")
+            raise ConfigError(f"seeds must be a list of integers, got {shown(self.seeds)}")
+        for key in ("models", "methods", "bits", "scopes", "extra_specs", "truncation", "match_truncation", "qat",
+                    "seeds", "ood", "shift", "corruptions"):
+            if len(getattr(self, key)) > MAX_LIST:
+                raise ConfigError(f"{key} has {len(getattr(self, key))} entries: a grid list holds at most {MAX_LIST}")
         for seed in self.seeds:
-            check_int("an entry of seeds", seed, minimum=0)
+            check_seed("an entry of seeds", seed)
         check_str("dataset", self.dataset)
         if self.spurious is not None:
             check_str_list("spurious", self.spurious)
@@ -185,10 +205,10 @@ class GridConfig:
 
 def _qat_entry(entry) -> QatEntry:
     if not isinstance(entry, dict) or set(entry) - {"name", "spec", "checkpoint"} or "checkpoint" not in entry:
-        raise ConfigError(f"each qat entry is {{name, spec, checkpoint}}, got {entry!r}")
+        raise ConfigError(f"each qat entry is {{name, spec, checkpoint}}, got {shown(entry)}")
     spec = entry.get("spec")
     if not spec:
-        raise ConfigError(f"qat entry {entry!r} needs the 'spec' it was trained with (e.g. w4a8-lsq)")
+        raise ConfigError(f"qat entry {shown(entry)} needs the 'spec' it was trained with (e.g. w4a8-lsq)")
     return QatEntry(name=str(entry.get("name") or Path(entry["checkpoint"]).stem), spec=str(spec),
                     checkpoint=str(entry["checkpoint"]))
 
@@ -211,34 +231,87 @@ def spec_string(cell: Cell) -> str | None:
     return None
 
 
-def load_grid(path: str | os.PathLike, **overrides) -> GridConfig:
-    """Read a grid YAML file (unknown keys are an error naming them); keyword overrides win over the file."""
+#: A grid file larger than this is refused before it is parsed (the largest shipped grid is ~4 KB).
+MAX_GRID_BYTES = 2**20
+#: The most entries any list of a grid may hold (models, bits, seeds, ...).
+MAX_LIST = 1000
+
+
+def _strict_loader():
+    """A yaml SafeLoader that refuses duplicate mapping keys (YAML would keep the last silently) and aliases (a
+    small file of nested aliases expands into gigabytes)."""
     import yaml
 
+    class StrictLoader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise yaml.composer.ComposerError(None, None, f"aliases (*{event.anchor[:40]}) are not allowed in a "
+                                                  "grid: write the value out", event.start_mark)
+            return super().compose_node(parent, index)
+
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if isinstance(key, (str, int, float, bool)) or key is None:
+                    if key in seen:
+                        raise yaml.constructor.ConstructorError(None, None, f"duplicate key {shown(key)}",
+                                                                key_node.start_mark)
+                    seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return StrictLoader
+
+
+def _read_yaml(path: Path):
+    """The YAML document of a grid file: size-capped, UTF-8, strict (see `_strict_loader`)."""
+    import yaml
+
+    try:
+        size = path.stat().st_size
+        if size > MAX_GRID_BYTES:
+            raise ConfigError(f"grid config {path} is {size} bytes: a grid is at most {MAX_GRID_BYTES} bytes")
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read grid config {path}: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"grid config {path} is not UTF-8 text (byte {exc.start})") from None
+    try:
+        return yaml.load(text, Loader=_strict_loader())  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        reason = getattr(exc, "problem", None) or first
+        raise ConfigError(f"grid config {path} is not valid YAML{where}: {reason[:MAX_SHOWN]}") from None
+
+
+def load_grid(path: str | os.PathLike, **overrides) -> GridConfig:
+    """Read a grid YAML file (unknown keys are an error naming them); keyword overrides win over the file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"grid config {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"grid config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    data = _read_yaml(path)
     if data is None:
         raise ConfigError(f"grid config {path} is empty: it needs at least the models and the dataset")
     if not isinstance(data, dict):
         raise ConfigError(f"grid config {path} must be a mapping of settings")
     known = {f.name for f in fields(GridConfig)}
-    unknown = sorted(set(data) - known)
+    unknown = sorted(map(str, set(data) - known))
     if unknown:
-        raise ConfigError(f"grid config {path}: unknown keys {unknown} (known: {sorted(known)})")
+        raise ConfigError(f"grid config {path}: unknown keys {shown(unknown)} (known: {sorted(known)})")
     data.setdefault("name", path.stem)
     root = data.get("data_root")
-    if root and "://" not in str(root) and not Path(root).is_absolute():  # relative to the config file
+    if isinstance(root, str) and root and "://" not in root and not Path(root).is_absolute():  # relative to the config file
         data["data_root"] = str((path.parent / root).resolve())
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return GridConfig(**data)
     except TypeError as exc:
-        raise ConfigError(f"grid config {path}: {exc}") from None
+        raise ConfigError(f"grid config {path}: {str(exc)[:MAX_SHOWN]}") from None
 
 
 def _bits(spec) -> str:

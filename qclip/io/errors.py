@@ -21,8 +21,20 @@ class DataError(QclipInputError):
     """A dataset name, shard or sample could not be resolved or read."""
 
 
+#: The longest error line printed: a longer one (a huge value echoed somewhere) is cut in the middle.
+MAX_LINE = 1000
+
+
 def one_line(exc: BaseException) -> str:
-    """Return the one-line reason of an error, also when a DataLoader worker re-raised it with a traceback."""
+    """Return the one-line reason of an error (at most `MAX_LINE` characters), also when a DataLoader worker re-raised
+    it with a traceback."""
+    line = _one_line(exc)
+    if len(line) <= MAX_LINE:
+        return line
+    return f"{line[:MAX_LINE // 2]} ...({len(line) - MAX_LINE} characters cut)... {line[-MAX_LINE // 2:]}"
+
+
+def _one_line(exc: BaseException) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     if not lines:
         return type(exc).__name__

@@ -6,12 +6,25 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+from qclip.quant.spec import MAX_SEED
+
 from .errors import ConfigError
 
-__all__ = ["PRECISIONS", "check_int", "check_float", "check_str", "check_str_list", "check_choice", "check_spec"]
+__all__ = ["PRECISIONS", "MAX_SEED", "check_seed", "shown", "check_int", "check_float", "check_str",
+           "check_str_list", "check_choice", "check_spec"]
 
 #: Weight/compute precisions every command accepts (`amp_bf16`: float32 weights under bfloat16 autocast).
 PRECISIONS = ("fp32", "amp_bf16", "fp16", "bf16", "pure_fp16", "pure_bf16")
+
+
+#: The most characters of a user's value an error line echoes (a huge value must not become a huge line).
+MAX_SHOWN = 200
+
+
+def shown(value: Any) -> str:
+    """`repr(value)` cut to `MAX_SHOWN` characters."""
+    text = repr(value)
+    return text if len(text) <= MAX_SHOWN else f"{text[:MAX_SHOWN]}... ({len(text)} characters)"
 
 
 def check_int(name: str, value: Any, *, minimum: int | None = None, optional: bool = False) -> int | None:
@@ -19,9 +32,17 @@ def check_int(name: str, value: Any, *, minimum: int | None = None, optional: bo
     if value is None and optional:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{name} must be an integer{' or null' if optional else ''}, got {value!r}")
+        raise ConfigError(f"{name} must be an integer{' or null' if optional else ''}, got {shown(value)}")
     if minimum is not None and value < minimum:
-        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+        raise ConfigError(f"{name} must be >= {minimum}, got {shown(value)}")
+    return value
+
+
+def check_seed(name: str, value: Any) -> int:
+    """`value` as a seed: an integer in 0..`MAX_SEED` (every seed path accepts it: torch, numpy, Lightning)."""
+    check_int(name, value, minimum=0)
+    if value > MAX_SEED:
+        raise ConfigError(f"{name} must be <= {MAX_SEED} (2**32 - 1), got {str(value)[:40]}")
     return value
 
 
@@ -30,7 +51,7 @@ def check_float(name: str, value: Any, *, low: float | None = None, high: float 
     """`value` as a finite float in [low, high] (or (low, high] with `low_open`)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value in (
             float("inf"), float("-inf")):
-        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+        raise ConfigError(f"{name} must be a finite number, got {shown(value)}")
     if low is not None and (value <= low if low_open else value < low):
         raise ConfigError(f"{name} must be {'>' if low_open else '>='} {low}, got {value}")
     if high is not None and value > high:
@@ -43,14 +64,14 @@ def check_str(name: str, value: Any, *, optional: bool = False) -> str | None:
     if value is None and optional:
         return None
     if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{name} must be a non-empty string{' or null' if optional else ''}, got {value!r}")
+        raise ConfigError(f"{name} must be a non-empty string{' or null' if optional else ''}, got {shown(value)}")
     return value
 
 
 def check_str_list(name: str, value: Any) -> list[str]:
     """`value` as a list of non-empty strings; a bare string is refused (it would read as its letters)."""
     if isinstance(value, str) or not isinstance(value, (list, tuple)):
-        raise ConfigError(f"{name} must be a list of strings, got {value!r}")
+        raise ConfigError(f"{name} must be a list of strings, got {shown(value)}")
     for item in value:
         check_str(f"an entry of {name}", item)
     return list(value)
@@ -60,7 +81,7 @@ def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
     """`value` as one of `choices`."""
     choices = tuple(choices)
     if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {shown(value)}")
     return value
 
 
@@ -72,4 +93,4 @@ def check_spec(name: str, value: Any):
     try:
         return parse_spec(value)
     except ValueError as exc:
-        raise ConfigError(f"bad {name} {value!r}: {exc}") from None
+        raise ConfigError(f"bad {name} {shown(value)}: {exc}") from None
