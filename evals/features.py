@@ -24,6 +24,7 @@ from torchvision.transforms import Compose, Normalize, ToTensor
 from torchvision.transforms.functional import get_image_num_channels, to_tensor
 
 from qclip.io.data import DatasetSpec, make_loader
+from qclip.io.images import scan_image_folder
 from qclip.io.progress import progress_bar
 from qclip.io.tensor_cache import cached_tensors
 
@@ -87,13 +88,10 @@ def shard_fingerprints(shards: tuple[str, ...] | list[str]) -> list[str]:
         memo_key = (str(shard), st.st_size, st.st_mtime_ns)
         if memo_key not in _SHARD_HASHES:
             h = hashlib.sha256()
-            if os.path.isdir(shard):  # an ImageFolder tree: every file's path, size and mtime
-                for root, dirs, files in os.walk(shard):
-                    dirs.sort()
-                    for name in sorted(files):
-                        fst = os.stat(os.path.join(root, name))
-                        h.update(f"{os.path.relpath(os.path.join(root, name), shard)}:{fst.st_size}:"
-                                 f"{fst.st_mtime_ns}\n".encode())
+            if os.path.isdir(shard):  # an ImageFolder tree: every image's path, size and mtime (as the loader lists it)
+                for path, label in scan_image_folder(shard)[1]:
+                    fst = os.stat(path)
+                    h.update(f"{os.path.relpath(path, shard)}:{label}:{fst.st_size}:{fst.st_mtime_ns}\n".encode())
             else:
                 with open(shard, "rb") as fh:
                     while chunk := fh.read(1 << 22):

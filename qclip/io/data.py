@@ -4,7 +4,8 @@ Names: `wds/NAME` resolves to `<data root>/wds_NAME/<split>/` (the data root com
 `$QCLIP_DATA_ROOT`, else the user cache `<cache>/data`, where a registered dataset is built from its pinned source
 on first use (see `qclip.io.registry` and docs/data.md), else the public CLIP_benchmark location for other names,
 whose shards are fetched into the user cache);
-`imagefolder:PATH` (or a plain folder path) reads a torchvision ImageFolder tree.
+`imagefolder:PATH` (or a plain folder path) reads an ImageFolder tree (torchvision's layout, listed and decoded
+safely by `qclip.io.images`).
 """
 
 from __future__ import annotations
@@ -17,18 +18,18 @@ import io
 import lzma
 import os
 import tarfile
-import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset, get_worker_info
 
 from .download import fetch, is_url
 from .errors import DataError
+from .images import ImageFolderDataset, open_rgb, scan_image_folder
 from .paths import REMOTE_DATA_ROOT, cache_dir, resolve_data_root
 
 __all__ = [
@@ -36,6 +37,8 @@ __all__ = [
     "make_loader", "DEFAULT_TEMPLATES",
 ]
 
+#: The most shards one split may have (a typo'd nshards.txt must not make qclip list a billion paths).
+MAX_SHARDS = 100_000
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "ppm", "bmp")
 #: Fallback prompts for an ImageFolder without a templates file.
 DEFAULT_TEMPLATES = ("a photo of a {c}.", "a blurry photo of a {c}.", "a photo of the large {c}.",
@@ -99,7 +102,17 @@ def _read_meta(base: str, rel: str, short: str, *, required: bool) -> str | None
             if required:
                 raise DataError(f"missing {path} (is the data root right? set --data-root or QCLIP_DATA_ROOT)")
             return None
-    return Path(path).read_text(encoding="utf-8")
+    return _read_text(Path(path))
+
+
+def _read_text(path: Path) -> str:
+    """A dataset's small text file (class names, templates, shard count) as UTF-8; `DataError` naming it otherwise."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def _lines(text: str | None) -> tuple[str, ...]:
@@ -151,6 +164,8 @@ def _resolve_wds(name: str, root: str, split: str) -> DatasetSpec:
         raise DataError(f"bad {base}/{split}/nshards.txt: {nshards_text[:40]!r} is not a shard count") from None
     if nshards <= 0:
         raise DataError(f"bad {base}/{split}/nshards.txt: the shard count must be >= 1, got {nshards}")
+    if nshards > MAX_SHARDS:
+        raise DataError(f"bad {base}/{split}/nshards.txt: {nshards} shards, more than the {MAX_SHARDS} qclip reads")
     classnames = _lines(_read_meta(base, "classnames.txt", short, required=True))
     if not classnames:
         raise DataError(f"bad {base}/classnames.txt: it lists no class names")
@@ -169,16 +184,18 @@ def _resolve_wds(name: str, root: str, split: str) -> DatasetSpec:
 def _resolve_imagefolder(name: str, folder: Path, split: str) -> DatasetSpec:
     if (folder / split).is_dir():
         folder = folder / split
-    classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
+    classes, samples = scan_image_folder(folder)  # a loop, a dangling link: refused here, before any work
     if not classes:
         raise DataError(f"image folder {folder} has no class sub-folders")
+    if not samples:
+        raise DataError(f"image folder {folder} holds no image files")
     names_file = next((p for p in (folder / "classnames.txt", folder.parent / "classnames.txt") if p.is_file()), None)
-    classnames = _lines(names_file.read_text()) if names_file else tuple(c.replace("_", " ") for c in classes)
+    classnames = _lines(_read_text(names_file)) if names_file else tuple(c.replace("_", " ") for c in classes)
     if len(classnames) != len(classes):
         raise DataError(f"{names_file} lists {len(classnames)} names but {folder} has {len(classes)} class folders")
     tfile = next((p for p in (folder / "zeroshot_classification_templates.txt",
                               folder.parent / "zeroshot_classification_templates.txt") if p.is_file()), None)
-    templates = _lines(tfile.read_text()) if tfile else DEFAULT_TEMPLATES
+    templates = _lines(_read_text(tfile)) if tfile else DEFAULT_TEMPLATES
     return DatasetSpec(name, "imagefolder", split, (str(folder),), classnames, templates)
 
 
@@ -274,14 +291,7 @@ def decode_image(sample: WdsSample, shard: str) -> Image.Image:
     member = f"{sample.key}.{sample.image_ext}"
     if sample.image is None:
         raise DataError(f"sample {sample.key} in {shard} has no image member")
-    try:
-        with warnings.catch_warnings():  # Pillow only warns between MAX_IMAGE_PIXELS and twice that: refuse both
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return Image.open(io.BytesIO(sample.image)).convert("RGB")
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DataError(f"image member {member} in {shard} is a decompression bomb: {exc}") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise DataError(f"cannot decode image member {member} in {shard}: {exc}") from exc
+    return open_rgb(io.BytesIO(sample.image), f"image member {member} in {shard}")
 
 
 def _distributed_rank() -> tuple[int, int]:
@@ -361,12 +371,7 @@ def make_dataset(spec: DatasetSpec, transform: Callable | None = None, limit: in
         raise DataError(f"--limit must be positive, got {limit}")
     if spec.kind == "wds":
         return WdsImageDataset(spec.shards, transform, limit, num_classes=spec.num_classes)
-    from torchvision.datasets import ImageFolder
-
-    try:
-        ds = ImageFolder(spec.shards[0], transform=transform)
-    except FileNotFoundError as exc:  # class folders without any image file
-        raise DataError(f"image folder {spec.shards[0]}: {exc}") from None
+    ds = ImageFolderDataset(spec.shards[0], transform=transform)
     return Subset(ds, range(min(limit, len(ds)))) if limit is not None else ds
 
 

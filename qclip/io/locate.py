@@ -134,16 +134,12 @@ def _wds_plan(name: str, data_root: str | None) -> DatasetPlan:
 
 
 def count_images(folder: Path) -> tuple[int, int]:
-    """(class folders, image files) of an ImageFolder tree, from the file listing as torchvision's ImageFolder
-    lists it (files with its image extensions anywhere under a class folder); nothing is decoded."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS
+    """(class folders, image files) of an ImageFolder tree, from the file listing (`scan_image_folder`: a directory
+    loop or a dangling link is a `DataError`); nothing is decoded."""
+    from .images import scan_image_folder
 
-    classes = sorted(d for d in folder.iterdir() if d.is_dir())
-    images = 0
-    for class_dir in classes:
-        for _, _, files in os.walk(class_dir, followlinks=True):
-            images += sum(f.lower().endswith(IMG_EXTENSIONS) for f in files)
-    return len(classes), images
+    classes, samples = scan_image_folder(folder)
+    return len(classes), len(samples)
 
 
 def _imagefolder_plan(name: str, path: str, split: str = "test") -> DatasetPlan:
