@@ -12,6 +12,7 @@ When every cell of the grid is stored, the shards are merged into `DIR/results.j
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import os
 import time
@@ -32,11 +33,13 @@ from qclip.evals.zeroshot import model_fingerprint
 from qclip.io.errors import QclipInputError
 from qclip.io.models import LoadedModel, load_model
 from qclip.io.progress import progress_bar
-from qclip.io.records import CellRecord, QuantSummary
+from qclip.io.records import CellRecord, QuantSummary, cell_record_problem
 from qclip.io.store import ResultsStore, config_hash
 
 from .analysis import FpWeights, feature_summary, weight_summary
 from .grid import Cell, GridConfig, expand_cells, has_integer_cell, shard_cells, spec_string
+
+log = logging.getLogger(__name__)
 
 __all__ = ["run_grid", "cell_hash", "load_records", "merge_results", "write_grid_report", "matched_truncation",
            "ece_resamples", "SCHEMA"]
@@ -54,10 +57,15 @@ def _store_dir(out: str | os.PathLike) -> Path:
 
 
 def load_records(out: str | os.PathLike) -> dict[str, CellRecord]:
-    """Every complete record of every shard store under `out`, by hash (the earliest written wins)."""
+    """Every complete, well-formed record of every shard store under `out`, by hash (the earliest written wins); a
+    malformed record (see `cell_record_problem`) is skipped with a warning, so its cell counts as not done."""
     records: dict[str, CellRecord] = {}
     for path in sorted(_store_dir(out).glob("*.jsonl")):
         for rec in ResultsStore(path).records():
+            problem = cell_record_problem(rec)
+            if problem is not None:
+                log.warning("results store %s: record %s skipped: %s", path, str(rec.get("hash"))[:16], problem)
+                continue
             old = records.get(rec["hash"])
             if old is None or rec.get("written_at", 0) < old.get("written_at", 0):
                 records[rec["hash"]] = rec

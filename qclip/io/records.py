@@ -11,7 +11,7 @@ from typing import Any, Optional, TypedDict
 
 __all__ = ["OodScores", "CorruptionMetrics", "ShiftMetrics", "SpuriousMetrics", "Metrics", "SuiteRecord",
            "CellInfo", "CellDatasets", "DampingProfile", "SpectralSummary", "Timings", "CellRecord",
-           "QuantSummary", "PairedTest", "PairedSet", "PairedBlock", "LayerInterval"]
+           "QuantSummary", "PairedTest", "PairedSet", "PairedBlock", "LayerInterval", "cell_record_problem"]
 
 
 class OodScores(TypedDict):
@@ -241,3 +241,40 @@ class CellRecord(TypedDict, total=False):
     timings: Timings
     versions: dict[str, str]
     written_at: float
+
+
+_NUMBER_METRICS = ("acc1", "acc5", "ece", "ece_adaptive", "mce", "nll", "brier", "ece_ts", "ece_floor", "ece_floor_sd",
+                   "confidence", "ece_debiased")
+_MAPPING_METRICS = ("reliability", "ood", "corruptions", "shift", "spurious", "ci", "selective", "conformal")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def cell_record_problem(record: Any) -> str | None:
+    """What makes a stored record unusable as a `CellRecord` (None when its hash, cell and metrics are well formed):
+    the report and the merge read these fields, so a record failing here is set aside, never written on."""
+    if not isinstance(record, dict) or not isinstance(record.get("hash"), str):
+        return "no 'hash' string"
+    cell = record.get("cell")
+    if not isinstance(cell, dict) or not all(isinstance(cell.get(k), str) for k in ("id", "kind", "variant", "model")):
+        return "its 'cell' lacks the id, kind, variant or model string"
+    if not isinstance(cell.get("seed"), int) or isinstance(cell.get("seed"), bool):
+        return "its cell's seed is not an integer"
+    if "written_at" in record and not _is_number(record["written_at"]):
+        return "its 'written_at' is not a number"
+    metrics = record.get("metrics")
+    if not isinstance(metrics, dict):
+        return "its 'metrics' is not a mapping"
+    for key in _NUMBER_METRICS:
+        if key in metrics and metrics[key] is not None and not _is_number(metrics[key]):
+            return f"metrics.{key} is not a number"
+    for key in _MAPPING_METRICS:
+        if key in metrics and metrics[key] is not None and not isinstance(metrics[key], dict):
+            return f"metrics.{key} is not a mapping"
+    for key in ("ood", "corruptions", "shift"):
+        for name, value in (metrics.get(key) or {}).items():
+            if not isinstance(value, dict):
+                return f"metrics.{key}.{name} is not a mapping"
+    return None

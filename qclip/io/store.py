@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -20,6 +21,8 @@ from .errors import QclipInputError
 from .paths import output_error
 
 __all__ = ["config_hash", "ResultsStore"]
+
+log = logging.getLogger(__name__)
 
 
 def config_hash(config: dict) -> str:
@@ -38,17 +41,32 @@ class ResultsStore:
         self._lock = FileLock(str(self.path) + ".lock")
 
     def records(self) -> list[dict]:
-        """All complete records, in write order (a torn last line is skipped)."""
-        if not self.path.exists():
+        """All complete records, in write order. A torn line (a crash mid-write) is skipped; a line that is not UTF-8
+        JSON of a record is skipped with a warning naming it, so one bad line never blocks later runs."""
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
             return []
-        out = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
+        except OSError as exc:
+            raise QclipInputError(f"cannot read results store {self.path}: {exc.strerror or exc}") from None
+        out, bad = [], []
+        lines = raw.split(b"\n")
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
                 continue
-            if isinstance(rec, dict) and "hash" in rec:
+            try:
+                rec = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+                if number < len(lines):  # not the torn last line of a crash
+                    bad.append(number)
+                continue
+            if isinstance(rec, dict) and isinstance(rec.get("hash"), str):
                 out.append(rec)
+            else:
+                bad.append(number)
+        if bad:
+            log.warning("results store %s: skipped %d unreadable line(s) (first: line %d); their configs count as not "
+                        "done", self.path, len(bad), bad[0])
         return out
 
     def done(self) -> set[str]:
