@@ -28,6 +28,8 @@ from qclip.io.images import scan_image_folder
 from qclip.io.progress import progress_bar
 from qclip.io.tensor_cache import cached_tensors
 
+from .zeroshot import embed_dim
+
 __all__ = ["extract_image_features", "split_normalize", "byte_pipeline", "bytes_to_float", "dataset_features",
            "DecodedImages", "shard_fingerprints"]
 
@@ -241,6 +243,22 @@ class DecodedImages:
 
 
 @torch.no_grad()
+def _cache_fits(blob, limit: int | None, dim: int | None, num_classes: int) -> bool:
+    """Whether a cached entry is what was asked for: float32 features [n, dim] (finite) and int64 labels [n] within
+    the dataset's classes, with 0 < n <= limit."""
+    if not isinstance(blob, dict):
+        return False
+    feats, labels = blob.get("features"), blob.get("labels")
+    if not isinstance(feats, torch.Tensor) or not isinstance(labels, torch.Tensor):
+        return False
+    if feats.dtype != torch.float32 or labels.dtype != torch.int64 or feats.dim() != 2 or labels.dim() != 1:
+        return False
+    n = labels.shape[0]
+    if feats.shape[0] != n or n == 0 or (limit is not None and n > limit) or (dim is not None and feats.shape[1] != dim):
+        return False
+    return bool(labels.min() >= 0 and labels.max() < num_classes and torch.isfinite(feats).all())
+
+
 def dataset_features(model: nn.Module, preprocess: Callable, spec: DatasetSpec, *, model_key: str,
                      corruption: tuple[str, int] | None = None, limit: int | None = None, batch_size: int = 256,
                      num_workers: int = 2, device: str | torch.device = "cpu", progress: bool = True,
@@ -260,7 +278,8 @@ def dataset_features(model: nn.Module, preprocess: Callable, spec: DatasetSpec, 
                    "preprocess": repr(preprocess)}
     blob = cached_tensors("features", description, lambda: _extract(
         model, preprocess, spec, corruption=corruption, limit=limit, batch_size=batch_size, num_workers=num_workers,
-        device=device, progress=progress, seed=seed, autocast=autocast, decoded=decoded), use_cache=use_cache)
+        device=device, progress=progress, seed=seed, autocast=autocast, decoded=decoded), use_cache=use_cache,
+        fits=lambda blob: _cache_fits(blob, limit, embed_dim(model), spec.num_classes))
     return blob["features"], blob["labels"]
 
 

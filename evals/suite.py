@@ -48,7 +48,7 @@ from .metrics import (
     vuln_add,
 )
 from .paired import PairedInputs, compare_to_fp, family_resamples, labelled_set_count
-from .variants import compile_image_tower_, quantize_loaded
+from .variants import check_specs_fit, compile_image_tower_, quantize_loaded
 from .zeroshot import model_fingerprint, topk_accuracy, zero_shot_classifier
 
 __all__ = ["SuiteConfig", "ReliabilitySuite", "calibration_metrics", "ece_after_tuning", "map_classes",
@@ -184,8 +184,10 @@ class ReliabilitySuite:
     # ------------------------------------------------------------------------------------------ model variants
     def load(self) -> LoadedModel:
         """The full-precision model (its image tower compiled with `compile`, unless a quantized copy is still to be
-        made from the eager model: `quantized` compiles both then)."""
+        made from the eager model: `quantized` compiles both then), refused at once when the config's spec does not
+        fit it."""
         fp = load_model(self.cfg.model, self.cfg.pretrained, device=self.device, precision=self.cfg.precision)
+        check_specs_fit(fp, self.cfg.quant)
         return compile_image_tower_(fp) if self.compile and not self.cfg.quant else fp
 
     def quantized(self, fp: LoadedModel) -> tuple[LoadedModel, dict]:

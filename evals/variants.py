@@ -14,7 +14,7 @@ from qclip.io.models import LoadedModel
 from qclip.io.records import QuantSummary
 from qclip.io.validate import check_spec
 
-__all__ = ["make_calibrator", "quantize_loaded", "needs_calibration", "compile_image_tower_",
+__all__ = ["make_calibrator", "check_specs_fit", "quantize_loaded", "needs_calibration", "compile_image_tower_",
            "integer_loaded"]
 
 
@@ -36,6 +36,24 @@ def make_calibrator(loaded: LoadedModel, spec: DatasetSpec, *, batches: int = 8,
                 model.encode_text(tokens[start:start + 256].to(device))
 
     return calibrate
+
+
+def check_specs_fit(fp: LoadedModel, *spec_texts: str | None) -> None:
+    """Refuse, right after the model is loaded and before any work, a spec that cannot apply to it (a group size
+    that does not divide a layer's fan-in): `ConfigError` naming the spec and the layer. None entries are skipped."""
+    from qclip.quant.api import check_spec_fits
+
+    from qclip.io.errors import ConfigError
+
+    for text in spec_texts:
+        if text is None:
+            continue
+        try:
+            check_spec_fits(fp.model, check_spec("spec", text))
+        except ValueError as exc:
+            if isinstance(exc, ConfigError):
+                raise
+            raise ConfigError(f"spec {text} does not fit the model: {exc}") from None
 
 
 def needs_calibration(spec) -> bool:

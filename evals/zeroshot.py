@@ -77,6 +77,19 @@ def build_zero_shot_classifier(model: nn.Module, tokenizer: Callable, classnames
     return torch.cat(columns).T.contiguous()
 
 
+def embed_dim(model: nn.Module) -> int | None:
+    """The width of a CLIP's joint embedding (its image tower's `output_dim`), None when the model does not say."""
+    dim = getattr(getattr(model, "visual", None), "output_dim", None)
+    return dim if isinstance(dim, int) else None
+
+
+def _fits(weights, dim: int | None, n_classes: int) -> bool:
+    """Whether a cached classifier is a finite float32 [dim, n_classes] matrix."""
+    return (isinstance(weights, torch.Tensor) and weights.dtype == torch.float32 and weights.dim() == 2
+            and weights.shape[1] == n_classes and (dim is None or weights.shape[0] == dim)
+            and bool(torch.isfinite(weights).all()))
+
+
 def zero_shot_classifier(model: nn.Module, tokenizer: Callable, classnames: Sequence[str], templates: Sequence[str],
                          *, device: str | torch.device = "cpu", use_cache: bool = True,
                          progress: bool = False) -> torch.Tensor:
@@ -85,7 +98,7 @@ def zero_shot_classifier(model: nn.Module, tokenizer: Callable, classnames: Sequ
                    "templates": list(templates)}
     return cached_tensors("classifiers", description, lambda: build_zero_shot_classifier(
         model, tokenizer, classnames, templates, device=device, progress=progress), use_cache=use_cache,
-        map_location=device)
+        map_location=device, fits=lambda weights: _fits(weights, embed_dim(model), len(classnames)))
 
 
 def zero_shot_logits(features: torch.Tensor, classifier: torch.Tensor, logit_scale: torch.Tensor | float) -> torch.Tensor:

@@ -17,10 +17,11 @@ from .primitives import fake_quantize_weight, weight_qparams
 from .rotation import HadamardRotation
 from .smoothquant import apply_smoothquant_
 from .spec import MixedSpec, QuantSpec, RankSpec, parse_spec
-from .surgery import LinearMap, attention_surgery_, list_linear_maps
+from .surgery import LinearMap, attention_surgery_, list_linear_maps, tower_of
 from .truncation import TruncationReport, truncate_modules_
 
 __all__ = ["QuantReport", "quantize_", "quantize_maps_", "convert_to_float_", "towers_of", "check_quantizable",
+           "check_spec_fits",
            "Calibrator", "quantize_model"]
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,39 @@ def check_quantizable(model: nn.Module, spec: QuantSpec | RankSpec | MixedSpec, 
         raise ValueError(f"spec {spec} quantizes activations or smooths them: pass a calibrate(model) function")
     if calibrate is not None and not callable(calibrate):
         raise TypeError(f"calibrate must be a callable run on the model, got {type(calibrate).__name__}")
+
+
+def _fan_ins(model: nn.Module, towers: tuple[str, ...]) -> list[tuple[str, int]]:
+    """(map name, fan-in) of every linear map in `towers`, read from the model as loaded (before attention surgery:
+    MHA's q/k/v and the bare projection parameters count as the maps surgery makes of them)."""
+    out = []
+    for name, module in model.named_modules():
+        if not name or tower_of(name) not in towers:
+            continue
+        if isinstance(module, nn.Conv2d):
+            out.append((name, module.weight[0].numel()))
+        elif isinstance(module, nn.Linear):
+            out.append((name, module.weight.shape[1]))
+        elif isinstance(module, nn.MultiheadAttention):
+            out += [(f"{name}.q_proj", module.embed_dim), (f"{name}.k_proj", module.kdim),
+                    (f"{name}.v_proj", module.vdim)]
+    for name, param in model.named_parameters():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf in ("proj", "text_projection") and param.dim() == 2 and tower_of(name) in towers:
+            out.append((name, param.shape[0]))  # used as x @ proj: its rows are the fan-in
+    return out
+
+
+def check_spec_fits(model: nn.Module, spec: QuantSpec | RankSpec | MixedSpec | str) -> None:
+    """Raise ValueError naming the first layer `spec` cannot be applied to (a group size that does not divide its
+    fan-in); touches nothing, so it can run right after a model is loaded, before any work."""
+    spec = parse_spec(spec) if isinstance(spec, str) else spec
+    if not isinstance(spec, QuantSpec) or spec.granularity != "per_group":
+        return
+    for name, fan_in in _fan_ins(model, towers_of(spec.scope)):
+        if fan_in % spec.group_size:
+            raise ValueError(f"group size {spec.group_size} of {spec} does not divide the fan-in {fan_in} of layer "
+                             f"{name}")
 
 
 def quantize_(model: nn.Module, spec: QuantSpec | RankSpec | MixedSpec | str, calibrate: Calibrator | None = None

@@ -21,7 +21,7 @@ from open_clip.transformer import Attention as OpenClipAttention
 from torch import nn
 
 __all__ = ["LinearMHA", "LinearAttention", "LinearAttentionPool2d", "ProjectionLinear", "attention_surgery_",
-           "LinearMap", "list_linear_maps", "is_surgically_changed"]
+           "LinearMap", "list_linear_maps", "tower_of", "is_surgically_changed"]
 
 
 # ----------------------------------------------------------------------------------------------- state hooks
@@ -300,7 +300,8 @@ def _role(name: str, module: nn.Module) -> str:
     return _ROLE_BY_LEAF.get(leaf, "linear")
 
 
-def _tower(name: str) -> str:
+def tower_of(name: str) -> str:
+    """The tower a module or parameter name belongs to: vision (under `visual.`) or text."""
     return "vision" if name.startswith("visual.") else "text"
 
 
@@ -313,7 +314,7 @@ def list_linear_maps(model: nn.Module, *, include_conv: bool = True) -> list[Lin
     out = []
     for name, module in model.named_modules():
         if isinstance(module, kinds) and not isinstance(module, nn.modules.linear.NonDynamicallyQuantizableLinear):
-            out.append(LinearMap(name, _tower(name), _role(name, module), tuple(module.weight.shape)))
+            out.append(LinearMap(name, tower_of(name), _role(name, module), tuple(module.weight.shape)))
         elif isinstance(module, nn.modules.linear.NonDynamicallyQuantizableLinear):
             pass  # MHA's out_proj is read directly by MHA: not separately quantizable until surgery
     return out

@@ -29,6 +29,7 @@ from qclip.evals.suite import (
     numeric_metrics,
     spurious_changes_,
 )
+from qclip.evals.variants import check_specs_fit
 from qclip.evals.zeroshot import model_fingerprint
 from qclip.io.errors import QclipInputError
 from qclip.io.models import LoadedModel, load_model
@@ -339,6 +340,7 @@ def run_grid(cfg: GridConfig, out: str | os.PathLike, *, shard: tuple[int, int] 
                 model_key = (cell.model, cell.pretrained)
                 if model_key not in fps:
                     fps[model_key] = load_model(cell.model, cell.pretrained, device=device, precision=cfg.precision)
+                    check_specs_fit(fps[model_key], *cfg.quant_specs(), *cfg.truncation, *cfg.match_truncation)
                 group_key = (*model_key, cell.seed)
                 if group_key not in groups:
                     groups.clear()  # one (model, seed) group in memory at a time: cells are grouped in grid order

@@ -156,7 +156,7 @@ def random_calibrator(loaded: LoadedModel, spec, batches: int, seed: int) -> Cal
 
 def _build_models(cfg: BenchConfig, data_root: str | None) -> tuple[dict[str, LoadedModel], dict]:
     """The FP, fake-quant and integer models of the config, and facts about them for the record."""
-    from qclip.evals.variants import integer_loaded, needs_calibration, quantize_loaded
+    from qclip.evals.variants import check_specs_fit, integer_loaded, needs_calibration, quantize_loaded
     from qclip.io.validate import check_spec
     from qclip.quant.api import quantize_
 
@@ -176,6 +176,7 @@ def _build_models(cfg: BenchConfig, data_root: str | None) -> tuple[dict[str, Lo
         info["export"] = {"spec": manifest["spec"], "summary": manifest["summary"]}
         return models, info
     fp = load_model(cfg.model, cfg.pretrained, device=cfg.device)
+    check_specs_fit(fp, cfg.quant)
     models["fp"] = fp
     if not cfg.quant:
         return models, info

@@ -3,7 +3,7 @@ learned steps) and write the export folder (`float/`, `int.safetensors`, `export
 
 from __future__ import annotations
 
-from qclip.evals.variants import needs_calibration, quantize_loaded
+from qclip.evals.variants import check_specs_fit, needs_calibration, quantize_loaded
 from qclip.io.errors import ConfigError, ModelLoadError
 from qclip.io.export_dir import ExportManifest, check_export_target, export_dir_of, save_export_dir
 from qclip.io.models import load_model, model_config
@@ -34,6 +34,7 @@ def run_export(model: str, out: str, *, pretrained: str | None = None, spec=None
         calib = resolve_dataset(dataset, data_root, "test")
     ensure_demo(model, data_root, progress)
     fp = load_model(model, pretrained)
+    check_specs_fit(fp, None if spec is None else str(spec))
     model_cfg, preprocess_cfg = model_config(model)
     source = {"model": model, "pretrained": pretrained, "quant": None if spec is None else str(spec)}
     net, w_bits = fp.model, None

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from qclip.evals.features import dataset_features
-from qclip.evals.variants import quantize_loaded
+from qclip.evals.variants import check_specs_fit, quantize_loaded
 from qclip.evals.zeroshot import model_fingerprint, zero_shot_classifier
 from qclip.io.data import resolve_dataset
 from qclip.io.errors import ConfigError
@@ -101,6 +101,7 @@ def run_spectrum(cfg: SpectrumConfig, out_dir: str | os.PathLike, *, data_root: 
     spec = resolve_dataset(cfg.features, data_root, "test") if cfg.features else None
     calib_spec = spec or (resolve_dataset("wds/cifar10", data_root, "test") if cfg.quant else None)
     fp = load_model(cfg.model, cfg.pretrained, device=device, precision=cfg.precision)
+    check_specs_fit(fp, cfg.quant, cfg.truncate)
     variants: dict[str, LoadedModel] = {"fp": fp}
     summary: dict = {"config": asdict(cfg), "outputs": []}
     if cfg.quant:

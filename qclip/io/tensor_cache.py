@@ -32,17 +32,21 @@ def _to_cpu(value: Any) -> Any:
 
 
 def cached_tensors(folder: str, description: dict[str, Any], compute: Callable[[], T], *, use_cache: bool = True,
-                   map_location: str | torch.device = "cpu") -> T:
+                   map_location: str | torch.device = "cpu", fits: Callable[[Any], bool] | None = None) -> T:
     """`compute()` (a tensor or a dict of tensors), served from `<cache>/<folder>/` when an entry for `description`
-    is there (loaded onto `map_location`), else computed and stored (on the CPU); `use_cache=False` computes only."""
+    is there (loaded onto `map_location`) and, with `fits`, fits what was asked (shape, dtype, range: an entry that
+    decodes is not yet the right one), else computed and stored (on the CPU); `use_cache=False` computes only."""
     if not use_cache:
         return compute()
     path = cache_dir(folder) / f"{cache_key(description)}.pt"
     if path.is_file():
         try:
-            return torch.load(path, map_location=map_location, weights_only=True)
+            cached = torch.load(path, map_location=map_location, weights_only=True)
         except Exception:  # a damaged entry is recomputed, never trusted
-            path.unlink(missing_ok=True)
+            cached = None
+        if cached is not None and (fits is None or fits(cached)):
+            return cached
+        path.unlink(missing_ok=True)  # damaged, or not what was asked for: recomputed
     value = compute()
     buf = io.BytesIO()
     torch.save(_to_cpu(value), buf)
