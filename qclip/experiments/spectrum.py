@@ -30,7 +30,7 @@ from qclip.evals.zeroshot import model_fingerprint, zero_shot_classifier
 from qclip.io.data import resolve_dataset
 from qclip.io.errors import ConfigError
 from qclip.io.models import LoadedModel, load_model
-from qclip.io.paths import atomic_write_text
+from qclip.io.paths import atomic_write_text, staged_output_dir
 from qclip.io.results import write_csv
 from qclip.io.validate import PRECISIONS, check_choice, check_float, check_int, check_spec, check_str
 from qclip.spectral.features import band_accuracy, band_name, feature_basis, parse_bands
@@ -110,8 +110,18 @@ def run_spectrum(cfg: SpectrumConfig, out_dir: str | os.PathLike, *, data_root: 
     if cfg.truncate:
         variants["truncated"], summary["truncate_report"] = quantize_loaded(fp, cfg.truncate, calib_spec,
                                                                            device=device, data_root=data_root)
+    with staged_output_dir(out) as stage:  # every output moves into --out only once all analyses are done
+        summary = _analyse(cfg, variants, spec, bands, summary, stage, device, progress, use_cache)
+    if wandb_run is not None:
+        _log_wandb(wandb_run, out, summary)
+    return summary
+
+
+def _analyse(cfg: SpectrumConfig, variants: dict[str, LoadedModel], spec, bands, summary: dict, out: Path, device,
+             progress: bool, use_cache: bool) -> dict:
+    """The weight, feature and frequency analyses of the loaded variants, written into `out`; the summary."""
+    fp = variants["fp"]
     other = variants.get("quantized") or variants.get("truncated")
-    out.mkdir(parents=True, exist_ok=True)  # only once the models are loaded: a bad model leaves no empty folder
     layers, sigmas = weight_spectra(FpWeights(fp.model, method=cfg.svd),
                                     None if other is None else copy.deepcopy(other.model), top_fraction=cfg.top_fraction)
     _write_csv(out / "weights_layers.csv", layers)
@@ -137,8 +147,6 @@ def run_spectrum(cfg: SpectrumConfig, out_dir: str | os.PathLike, *, data_root: 
             summary.update(_frequency_analysis(cfg, variants, spec, out, device))
     summary["outputs"] += [p.name for p in sorted(out.glob("*.csv"))]
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str))
-    if wandb_run is not None:
-        _log_wandb(wandb_run, out, summary)
     return summary
 
 

@@ -3,16 +3,19 @@ umask and turn a full disk into a one-line error, and the checks of output paths
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 from .errors import ConfigError, QclipInputError
 
 __all__ = ["REMOTE_DATA_ROOT", "MIN_FREE_BYTES", "resolve_data_root", "cache_dir", "atomic_write_bytes",
-           "atomic_write_text", "file_mode", "output_error", "check_output_file", "check_output_dir"]
+           "atomic_write_text", "file_mode", "output_error", "check_output_file", "check_output_dir",
+           "staged_output_dir"]
 
 #: The public CLIP_benchmark wds location; `{name}` is the dataset name without the `wds/` prefix.
 REMOTE_DATA_ROOT = "https://huggingface.co/datasets/clip-benchmark"
@@ -183,3 +186,34 @@ def check_output_dir(path: str | os.PathLike, flag: str, *, min_free: int = MIN_
         raise ConfigError(f"{flag} {target}: {folder} is a file, not a folder")
     _probe_folder(folder, flag, target, min_free)
     return target
+
+
+@contextlib.contextmanager
+def staged_output_dir(target: str | os.PathLike) -> Iterator[Path]:
+    """A hidden temp folder beside `target` (in its nearest existing ancestor, so on the same file system) to write
+    a command's outputs into; when the block ends without error its files are moved into `target` (created then),
+    else the temp folder is removed. A run that fails half-way thus leaves `target` as it was."""
+    target = Path(target)
+    base = _existing_ancestor(target.parent if not target.exists() else target)
+    try:
+        stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.qclip-stage-", dir=base))
+    except OSError as exc:
+        err = output_error(target, exc)
+        if err is exc:
+            raise
+        raise err from exc
+    try:
+        yield stage
+        target.mkdir(parents=True, exist_ok=True)
+        for path in sorted(stage.rglob("*")):
+            if path.is_file():
+                dest = target / path.relative_to(stage)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, dest)
+    except OSError as exc:
+        err = output_error(target, exc)
+        if err is exc:
+            raise
+        raise err from exc
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
