@@ -167,7 +167,8 @@ def _checkpoint_arch(path: Path) -> str:
     if (path.parent / "open_clip_config.json").is_file():
         return f"local-dir:{path.parent}"
     if path.suffix == ".ckpt":
-        hp = _read_checkpoint(path).get("hyper_parameters") or {}
+        hp = _read_checkpoint(path).get("hyper_parameters")
+        hp = hp if isinstance(hp, dict) else {}
         arch = hp.get("model_name") or hp.get("model")
         if isinstance(arch, str) and arch:
             return DEMO_MODEL_NAME if arch == "demo" else arch
