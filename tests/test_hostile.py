@@ -416,6 +416,230 @@ CASES = [
 ]
 
 
+# ------------------------------------------------------------------------------------ hostile classes (by cause)
+_EXPORTS: dict[str, Path] = {}
+
+
+def _export(c: Ctx, quant: str = "w8a8") -> Path:
+    """A copy (in the work folder) of a w8a8 export of the micro model, built once per session."""
+    import tempfile
+
+    if quant not in _EXPORTS:
+        src = Path(tempfile.mkdtemp(prefix="qclip-hostile-export-")) / quant
+        assert main(["export", "--model", c.micro, "--quant", quant, "--dataset", "wds/cifar10", "--calib-batches",
+                     "1", "--data-root", str(c.wds_root), "--no-progress", "--out", str(src)]) == 0
+        _EXPORTS[quant] = src
+    dst = c.work / "export"
+    shutil.copytree(_EXPORTS[quant], dst)
+    return dst
+
+
+def _manifest(folder: Path) -> dict:
+    import json
+
+    return json.loads((folder / "export.json").read_text())
+
+
+def _write_manifest(folder: Path, manifest: dict, *, redigest: bool = True) -> None:
+    """Write `manifest`; with `redigest`, its file digests are recomputed (a tamperer who also fixed the digests)."""
+    import hashlib
+    import json
+
+    if redigest:
+        manifest["files"] = {rel: hashlib.sha256((folder / rel).read_bytes()).hexdigest() for rel in manifest["files"]
+                             if (folder / rel).is_file()}
+    (folder / "export.json").write_text(json.dumps(manifest))
+
+
+def _tamper(edit_tensors=None, edit_manifest=None, *, redigest: bool = True):
+    """A case builder: a w8a8 export whose int.safetensors / export.json were edited, evaluated with `qclip eval`."""
+    from safetensors.torch import load_file, save_file
+
+    def build(c: Ctx) -> list[str]:
+        folder = _export(c)
+        manifest = _manifest(folder)
+        if edit_tensors is not None:
+            tensors = load_file(str(folder / "int.safetensors"))
+            edit_tensors(tensors, manifest)
+            save_file(tensors, str(folder / "int.safetensors"))
+        if edit_manifest is not None:
+            edit_manifest(manifest)
+        _write_manifest(folder, manifest, redigest=redigest)
+        return c.eval(model=str(folder))
+
+    return build
+
+
+def _first_map(manifest: dict) -> str:
+    return manifest["maps"][0]["name"]
+
+
+def _set_scale(value: float):
+    def edit(tensors, manifest):
+        key = f"{_first_map(manifest)}.weight_scale"
+        tensors[key] = tensors[key].clone()
+        tensors[key].view(-1)[0] = value
+    return edit
+
+
+def _drop_map_tensors(tensors, manifest):
+    name = manifest["maps"].pop(0)["name"]
+    for key in [k for k in tensors if k.startswith(name + ".")]:
+        del tensors[key]
+    manifest["summary"]["maps"] -= 1
+    manifest["summary"]["integer_arithmetic"] -= 1
+
+
+def _change_float_weights(c: Ctx) -> list[str]:
+    folder = _export(c)
+    weights = folder / "float" / "open_clip_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01
+    weights.write_bytes(bytes(data))
+    return c.eval(model=str(folder))
+
+
+def _bench(folder: str) -> list[str]:
+    return ["bench", "--model", folder, "--batch", "1", "--repeats", "1", "--warmup", "0", "--min-time", "0",
+            "--no-progress"]
+
+
+EXPORT_CASES = [
+    pytest.param(_tamper(edit_manifest=lambda m: m["maps"].pop(0), redigest=False),
+                 "which the manifest does not list", id="export-entry-removed"),
+    pytest.param(_tamper(_drop_map_tensors), "does not list it", id="export-entry-and-tensors-removed"),
+    pytest.param(_tamper(_set_scale(0.0)), "weight scale is not a finite positive number", id="export-scale-zero"),
+    pytest.param(_tamper(_set_scale(float("nan"))), "weight scale is not a finite positive number",
+                 id="export-scale-nan"),
+    pytest.param(_tamper(_set_scale(float("nan")), redigest=False), "int.safetensors does not match its sha256",
+                 id="export-scale-nan-digest"),
+    pytest.param(_tamper(edit_manifest=lambda m: m["maps"][0].update(w_bits=4)), "weight codes outside [-8, 7]",
+                 id="export-codes-out-of-range"),
+    pytest.param(_tamper(edit_manifest=lambda m: m["maps"][0].update(w_bits="8")), "w_bits is '8', expected int",
+                 id="export-entry-wrong-type"),
+    pytest.param(_tamper(edit_manifest=lambda m: m["maps"].append(dict(m["maps"][0]))), "listed twice",
+                 id="export-entry-duplicated"),
+    pytest.param(_tamper(edit_manifest=lambda m: m.pop("files"), redigest=False), "'files' must map each file",
+                 id="export-no-digests"),
+    pytest.param(_tamper(edit_manifest=lambda m: m["files"].pop("int.safetensors"), redigest=False),
+                 "lists no sha256 for int.safetensors", id="export-digest-missing"),
+    pytest.param(_tamper(edit_manifest=lambda m: m.update(format="qclip-export/1"), redigest=False),
+                 "is not a qclip-export/2 manifest", id="export-old-format"),
+    pytest.param(_tamper(edit_manifest=lambda m: m["files"].update({"../../x": "0" * 64}), redigest=False),
+                 "outside the folder", id="export-digest-path-escapes"),
+    pytest.param(_change_float_weights, "float/open_clip_model.safetensors does not match its sha256",
+                 id="export-float-weights-changed"),
+    pytest.param(lambda c: _bench(str(_tamper(_set_scale(0.0))(c)[2])), "weight scale is not a finite positive",
+                 id="bench-export-scale-zero"),
+    pytest.param(lambda c: _bench(str(_tamper(edit_manifest=lambda m: m["maps"].pop(0), redigest=False)(c)[2])),
+                 "which the manifest does not list", id="bench-export-entry-removed"),
+    pytest.param(lambda c: ["export", "--model", c.micro, "--out", str(Path(c.file("mine/notes.txt")).parent)],
+                 "holds files but is not an export folder", id="export-out-not-an-export-folder"),
+]
+
+
+def _image_folder(c: Ctx, hazard: str) -> str:
+    """An ImageFolder tree of two classes with one hazard in class `b`."""
+    root = c.work / "imgs"
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        (root / cls / "0.png").write_bytes(_small_png(0))
+    bad = root / "b"
+    if hazard == "dangling":
+        (bad / "gone.png").symlink_to(root / "no-such.png")
+    elif hazard == "undecodable":
+        (bad / "1.png").write_bytes(b"\x89PNG but not really")
+    elif hazard == "bomb":
+        (bad / "1.png").write_bytes(_png(20_000, 20_000))
+    elif hazard == "loop":
+        (bad / "again").symlink_to(root)
+    elif hazard == "fifo":
+        os.mkfifo(bad / "1.png")
+    return f"imagefolder:{root}"
+
+
+_IMAGE_HAZARDS = {"dangling": "is a dangling link", "undecodable": "cannot decode image file ",
+                  "bomb": "is a decompression bomb", "loop": "(a directory loop)", "fifo": "is not a regular file"}
+
+
+def _image_commands():
+    for hazard, message in _IMAGE_HAZARDS.items():
+        yield pytest.param(lambda c, h=hazard: c.eval(dataset=_image_folder(c, h)), message, id=f"imagefolder-eval-{hazard}")
+        yield pytest.param(lambda c, h=hazard: c.spectrum("--features", _image_folder(c, h), "--limit", "4",
+                                                          "--frequency-images", "0"),
+                           message, id=f"imagefolder-spectrum-{hazard}")
+        yield pytest.param(lambda c, h=hazard: ["export", "--model", c.micro, "--quant", "w8a8", "--calib-batches", "1",
+                                                "--dataset", _image_folder(c, h), "--no-progress", "--out",
+                                                c.path("exp")], message, id=f"imagefolder-export-{hazard}")
+    for hazard in ("loop", "dangling"):
+        yield pytest.param(lambda c, h=hazard: c.ablate("--dry-run", config=c.grid(
+            f"models: [{{name: '{c.micro}'}}]\nbits: [w8a8]\ndataset: '{_image_folder(c, h)}'\nlimit: 16\n")),
+            _IMAGE_HAZARDS[hazard], id=f"imagefolder-dry-run-{hazard}")
+
+
+_BIG = str(2**32)
+
+
+def _grid_text(c: Ctx, **keys: str) -> str:
+    """A valid tiny grid with some keys replaced by raw YAML text."""
+    base = {"name": "tiny", "models": f"[{{name: '{c.micro}'}}]", "bits": "[w8a8]", "dataset": "wds/cifar10",
+            "limit": "16"}
+    base.update(keys)
+    return "".join(f"{k}: {v}\n" for k, v in base.items())
+
+
+def _alias_bomb() -> str:
+    lines = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 9):
+        prev, cur = chr(ord("a") + i - 1), chr(ord("a") + i)
+        lines.append(f"{cur}: &{cur} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, "
+                     f"*{prev}]")
+    return "\n".join(lines) + "\nmethods: *i\n"
+
+
+GRID_AND_NUMBER_CASES = [
+    # ---- seeds beyond what every seed path accepts (2**32 - 1: Lightning/numpy)
+    pytest.param(lambda c: c.eval("--seed", _BIG), "argument --seed: must be <= 4294967295", id="seed-eval-flag"),
+    pytest.param(lambda c: ["pretrain-demo", "--seed", _BIG, "--out", c.path("demo")],
+                 "argument --seed: must be <= 4294967295", id="seed-pretrain-flag"),
+    pytest.param(lambda c: c.ablate(config=c.grid(_grid_text(c, seeds=f"[0, {_BIG}]"))),
+                 "an entry of seeds must be <= 4294967295", id="seed-grid"),
+    pytest.param(lambda c: c.eval("--quant", f"mp4a8-rand{_BIG}"), "seed must be an integer in 0..4294967295",
+                 id="seed-rand-spec"),
+    pytest.param(lambda c: c.ablate(config=c.grid(_grid_text(c, extra_specs=f"[mp4a8-rand{_BIG}]"))),
+                 "seed must be an integer in 0..4294967295", id="seed-rand-spec-grid"),
+    # ---- grid files
+    pytest.param(lambda c: c.ablate(config=c.file("latin1.yaml", _grid_text(c, name="caf\xe9").encode("latin-1"))),
+                 "is not UTF-8 text", id="grid-not-utf8"),
+    pytest.param(lambda c: c.ablate(config=c.grid(_grid_text(c, models="[{name: 5}]"))),
+                 "a model's name must be a non-empty string, got 5", id="grid-model-name-not-str"),
+    pytest.param(lambda c: c.ablate(config=c.grid(_grid_text(c, models=f"[{{name: '{c.micro}', pretrained: [1]}}]"))),
+                 "must be a non-empty string or null, got [1]", id="grid-model-pretrained-list"),
+    pytest.param(lambda c: c.ablate(config=c.grid(_grid_text(c, models="[[demo]]"))), "each model is {name:",
+                 id="grid-model-not-mapping"),
+    pytest.param(lambda c: c.ablate(config=c.grid(_grid_text(c, qat="[{name: [1], spec: w4a8-lsq, checkpoint: x}]"))),
+                 "the name of a qat entry must be a non-empty string", id="grid-qat-name-list"),
+    pytest.param(lambda c: c.ablate(config=c.grid(_grid_text(c) + "limit: 32\n")), "duplicate key 'limit'",
+                 id="grid-duplicate-key"),
+    pytest.param(lambda c: c.ablate(config=c.grid(_grid_text(c) + _alias_bomb())), "aliases", id="grid-alias-bomb"),
+    pytest.param(lambda c: c.ablate(config=c.grid(_grid_text(c, seeds="[" + ", ".join(map(str, range(1001))) + "]"))),
+                 "seeds has 1001 entries: a grid list holds at most 1000", id="grid-long-list"),
+    pytest.param(lambda c: c.ablate(config=c.file("big.yaml", _grid_text(c) + "#" * 2**20)),
+                 "a grid is at most 1048576 bytes", id="grid-file-too-big"),
+    pytest.param(lambda c: c.ablate(config=c.grid(_grid_text(c, bits="[" + "w9z" * 5000 + "]"))), "grid:",
+                 id="grid-huge-value-echo"),
+    # ---- spec constraints known once the model is loaded, refused before any work
+    pytest.param(lambda c: c.eval("--quant", "w4-g5"), "does not divide the fan-in", id="spec-group-eval"),
+    pytest.param(lambda c: c.spectrum("--quant", "w4-g5", "--frequency-images", "0"), "does not divide the fan-in",
+                 id="spec-group-spectrum"),
+    pytest.param(lambda c: ["export", "--model", c.micro, "--quant", "w4-g5", "--no-progress", "--out", c.path("e")],
+                 "does not divide the fan-in", id="spec-group-export"),
+    pytest.param(lambda c: c.ablate(config=c.grid(_grid_text(c, extra_specs="[w4-g5]"))), "does not divide the fan-in",
+                 id="spec-group-grid"),
+]
+
+CASES += [*EXPORT_CASES, *_image_commands(), *GRID_AND_NUMBER_CASES]
+
 @pytest.mark.parametrize("build, message", CASES)
 def test_hostile_input_is_one_line_exit_2_and_leaves_nothing(build, message, ctx, capsys):
     argv = build(ctx)
@@ -430,6 +654,7 @@ def test_hostile_input_is_one_line_exit_2_and_leaves_nothing(build, message, ctx
     assert lines and lines[-1].startswith("qclip: error: "), err
     assert sum(ln.startswith("qclip: error:") for ln in lines) == 1, err
     assert message in lines[-1], err
+    assert len(lines[-1]) <= 1100, f"an error line of {len(lines[-1])} characters"  # echoed values are capped
     assert "weights_only" not in err  # no advice to load unsafely
     assert ctx.snapshot() == before  # no partial output, store line or stray folder
 
@@ -545,3 +770,163 @@ def test_too_little_free_space_is_refused_before_work(ctx, monkeypatch, capsys):
     assert main(ctx.eval(model="ViT-Nope")) == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith("qclip: error: --out ") and "MB free" in line, line
+
+
+# ------------------------------------------------------------------------------- export folders: atomic re-export
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture()
+def micro_fp(micro_dir):
+    from qclip.io.models import load_model, model_config
+
+    name = f"local-dir:{micro_dir}"
+    return load_model(name).model, model_config(name)
+
+
+@pytest.mark.parametrize("writer", ["atomic_write_text", "atomic_write_bytes"])
+def test_a_failed_re_export_leaves_the_old_folder_intact_and_no_temp(writer, micro_fp, tmp_path, monkeypatch):
+    import qclip.io.export_dir as export_dir
+    import qclip.io.models as models
+
+    model, (cfg, pre) = micro_fp
+    out = tmp_path / "exp"
+    export_dir.save_export_dir(model, None, out, model_cfg=cfg, preprocess_cfg=pre)
+    old = _tree(out)
+    with torch.no_grad():  # the re-export writes other weights
+        model.logit_scale.add_(1.0)
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("killed mid-export")
+
+    # the manifest (written last) or the float weights (written first) fail: either way nothing of the new export lands
+    monkeypatch.setattr(export_dir if writer == "atomic_write_text" else models, writer, fail)
+    with pytest.raises(RuntimeError, match="killed mid-export"):
+        export_dir.save_export_dir(model, None, out, model_cfg=cfg, preprocess_cfg=pre)
+    assert _tree(out) == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp"]  # no temp folder beside it
+
+
+def test_a_re_export_replaces_the_folder_and_removes_stale_temps(micro_fp, tmp_path):
+    from qclip.io.export_dir import load_export_dir, save_export_dir, verify_export_dir
+
+    model, (cfg, pre) = micro_fp
+    out = tmp_path / "exp"
+    save_export_dir(model, None, out, model_cfg=cfg, preprocess_cfg=pre)
+    (out / "float" / "stray.txt").write_text("from an older export")
+    stale = tmp_path / ".exp.qclip-tmp-killed"  # what a killed export leaves behind
+    (stale / "float").mkdir(parents=True)
+    with torch.no_grad():
+        model.logit_scale.add_(1.0)
+    save_export_dir(model, None, out, model_cfg=cfg, preprocess_cfg=pre)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp"]
+    assert not (out / "float" / "stray.txt").exists()  # the folder is the new export, whole
+    manifest, _ = verify_export_dir(out)
+    assert set(manifest["files"]) == {"float/open_clip_config.json", "float/open_clip_model.safetensors"}
+    loaded = load_export_dir(out).model
+    assert torch.equal(loaded.logit_scale, model.logit_scale)
+
+
+# ------------------------------------------------------------------------------------------ the results store
+def test_an_undecodable_store_line_is_skipped_with_a_warning(tmp_path, caplog):
+    from qclip.io.store import ResultsStore
+
+    store = ResultsStore(tmp_path / "results.jsonl")
+    store.append({"hash": "a", "x": 1})
+    with open(store.path, "ab") as f:
+        f.write(b"\xff\xfe not utf-8\n[1, 2]\n")
+    assert store.append({"hash": "b", "x": 2})  # a later run still appends
+    with caplog.at_level("WARNING"):
+        assert [r["hash"] for r in store.records()] == ["a", "b"]
+    assert "skipped 2 unreadable line(s) (first: line 2)" in caplog.text
+
+
+@pytest.mark.parametrize("metrics", ["oops", {"acc1": "high"}, {"acc1": 0.5, "ood": {"x": 3}}, None])
+def test_merge_sets_aside_a_malformed_record_before_writing(metrics, ctx, capsys):
+    import json
+
+    from qclip.experiments.ablate import cell_hash
+    from qclip.experiments.grid import expand_cells, load_grid
+
+    cfg = load_grid(ctx.grid())
+    cell = expand_cells(cfg)[0]
+    out = Path(ctx.folder("ablate"))
+    (out / "store").mkdir()
+    record = {"hash": cell_hash(cfg, cell), "cell": cell.as_dict(), "metrics": metrics}
+    (out / "store" / "shard.jsonl").write_text(json.dumps(record) + "\n")
+    (out / "results.jsonl").write_text("keep\n")
+    assert main(ctx.ablate("--merge", out=str(out))) == 2
+    assert "nothing to merge" in capsys.readouterr().err
+    assert (out / "results.jsonl").read_text() == "keep\n"
+
+
+# ----------------------------------------------------------------------------- caches are checked for fit too
+def _wrong_shapes(feats: torch.Tensor, labels: torch.Tensor) -> list[dict]:
+    return [{"features": feats[:-1], "labels": labels[:-1] * 0 + 99},  # labels outside the classes
+            {"features": feats[:, :-1], "labels": labels},  # wrong dim
+            {"features": feats[:-2], "labels": labels},  # n rows != n labels
+            {"features": feats.double(), "labels": labels},  # wrong dtype
+            {"features": torch.cat([feats, feats]), "labels": torch.cat([labels, labels])}]  # more rows than the limit
+
+
+def test_a_feature_cache_entry_that_does_not_fit_is_recomputed(micro_dir, wds_root, tmp_path, monkeypatch):
+    from qclip.evals.features import dataset_features
+    from qclip.evals.zeroshot import model_fingerprint
+    from qclip.io.data import resolve_dataset
+    from qclip.io.models import load_model
+
+    monkeypatch.setenv("QCLIP_CACHE_DIR", str(tmp_path / "cache"))
+    fp = load_model(f"local-dir:{micro_dir}")
+    spec = resolve_dataset("wds/cifar10", str(wds_root), "test")
+    kw = dict(model_key=model_fingerprint(fp.model), limit=16, batch_size=8, num_workers=0, progress=False)
+    feats, labels = dataset_features(fp.model, fp.preprocess, spec, **kw)
+    (entry,) = (tmp_path / "cache" / "features").glob("*.pt")
+    for blob in _wrong_shapes(feats, labels):
+        torch.save(blob, entry)
+        again, again_labels = dataset_features(fp.model, fp.preprocess, spec, **kw)
+        assert torch.equal(again, feats) and torch.equal(again_labels, labels)  # recomputed: same path, same bits
+        assert torch.equal(torch.load(entry, weights_only=True)["features"], feats)  # and the entry rewritten
+
+
+def test_a_classifier_cache_entry_of_the_wrong_shape_is_rebuilt(micro_dir, tmp_path, monkeypatch):
+    from qclip.evals.zeroshot import zero_shot_classifier
+    from qclip.io.models import load_model
+
+    monkeypatch.setenv("QCLIP_CACHE_DIR", str(tmp_path / "cache"))
+    fp = load_model(f"local-dir:{micro_dir}")
+    args = (fp.model, fp.tokenizer, ["cat", "dog", "bird"], ["a photo of a {c}."])
+    weights = zero_shot_classifier(*args)
+    (entry,) = (tmp_path / "cache" / "classifiers").glob("*.pt")
+    for wrong in (weights[:, :2], weights[:-1], weights.double(), weights * float("nan")):
+        torch.save(wrong.contiguous(), entry)
+        assert torch.equal(zero_shot_classifier(*args), weights)
+
+
+# --------------------------------------------------------------------------- no partial output before an error
+def test_spectrum_writes_nothing_when_a_later_stage_refuses(ctx, monkeypatch, capsys):
+    import qclip.experiments.spectrum as spectrum
+    from qclip.io.errors import DataError
+
+    def refuse(*args, **kwargs):
+        raise DataError("a later stage refused its input")
+
+    monkeypatch.setattr(spectrum, "_feature_analysis", refuse)  # runs after the weight CSVs are written
+    before = ctx.snapshot()
+    assert main(ctx.spectrum("--features", "wds/cifar10", "--limit", "8", "--frequency-images", "0")) == 2
+    assert "a later stage refused its input" in capsys.readouterr().err
+    assert ctx.snapshot() == before  # neither --out nor a staging folder
+
+
+def test_seeds_up_to_the_bound_are_accepted():
+    from qclip.io.errors import ConfigError
+    from qclip.io.validate import MAX_SEED, check_seed
+    from qclip.quant.spec import parse_spec
+
+    assert MAX_SEED == 2**32 - 1
+    assert check_seed("seed", MAX_SEED) == MAX_SEED
+    torch.Generator().manual_seed(MAX_SEED + 1)  # torch alone would take more: the bound is Lightning/numpy's
+    np.random.default_rng(MAX_SEED)
+    with pytest.raises(ConfigError, match="<= 4294967295"):
+        check_seed("seed", MAX_SEED + 1)
+    assert parse_spec(f"mp4a8-rand{MAX_SEED}").seed == MAX_SEED
