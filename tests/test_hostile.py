@@ -873,6 +873,7 @@ def _wrong_shapes(feats: torch.Tensor, labels: torch.Tensor) -> list[dict]:
 def test_a_feature_cache_entry_that_does_not_fit_is_recomputed(micro_dir, wds_root, tmp_path, monkeypatch):
     from qclip.evals.features import dataset_features
     from qclip.evals.zeroshot import model_fingerprint
+
     from qclip.io.data import resolve_dataset
     from qclip.io.models import load_model
 
@@ -891,6 +892,7 @@ def test_a_feature_cache_entry_that_does_not_fit_is_recomputed(micro_dir, wds_ro
 
 def test_a_classifier_cache_entry_of_the_wrong_shape_is_rebuilt(micro_dir, tmp_path, monkeypatch):
     from qclip.evals.zeroshot import zero_shot_classifier
+
     from qclip.io.models import load_model
 
     monkeypatch.setenv("QCLIP_CACHE_DIR", str(tmp_path / "cache"))
@@ -919,9 +921,10 @@ def test_spectrum_writes_nothing_when_a_later_stage_refuses(ctx, monkeypatch, ca
 
 
 def test_seeds_up_to_the_bound_are_accepted():
+    from qclip.quant.spec import parse_spec
+
     from qclip.io.errors import ConfigError
     from qclip.io.validate import MAX_SEED, check_seed
-    from qclip.quant.spec import parse_spec
 
     assert MAX_SEED == 2**32 - 1
     assert check_seed("seed", MAX_SEED) == MAX_SEED

@@ -14,6 +14,7 @@ behind is removed by the next export into the same place.
 from __future__ import annotations
 
 import copy
+import glob
 import hashlib
 import json
 import logging
@@ -103,7 +104,7 @@ def _int16_unsafe(entries: list[dict]) -> list[dict]:
 
 
 def _siblings(folder: Path, tag: str) -> list[Path]:
-    return sorted(folder.parent.glob(f".{folder.name}{tag}*"))
+    return sorted(folder.parent.glob(f"{glob.escape('.' + folder.name + tag)}*"))
 
 
 def _remove_stale(folder: Path) -> None:
