@@ -205,7 +205,10 @@ def _check_entry(entry: Any) -> str:
     if entry["tower"] not in ("vision", "text") or entry["op"] not in ("linear", "conv2d"):
         raise ValueError(f"map {name}: unknown tower {entry['tower']!r} or op {entry['op']!r}")
     if entry["kernel"] not in ("onednn", "dequant"):
-        raise ValueError(f"map {name}: unknown kernel {entry['kernel']!r}")
+        raise ValueError(f"map {name}: unknown kernel {str(entry['kernel'])[:40]!r}")
+    if entry["integer_arithmetic"] != (entry["kernel"] == "onednn"):
+        raise ValueError(f"map {name}: integer_arithmetic {entry['integer_arithmetic']} contradicts kernel "
+                         f"{entry['kernel']!r}")
     if not 2 <= entry["w_bits"] <= 8:
         raise ValueError(f"map {name}: w_bits {entry['w_bits']} is outside 2..8")
     if not entry["shape"] or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in entry["shape"]):
@@ -245,6 +248,9 @@ def check_integer_tensors(entries: list[MapEntry], tensors: dict[str, torch.Tens
         if zp is not None and zp.numel() and (int(zp.min()) < qmin or int(zp.max()) > qmax):
             raise ValueError(f"map {name}: weight zero points outside [{qmin}, {qmax}]")
         act = tensors.get(f"{name}.act_scale")
+        if entry["kernel"] == "onednn" and (act is None or zp is not None):
+            why = "no activation grid" if act is None else "asymmetric weights"
+            raise ValueError(f"map {name}: planned for oneDNN int8 kernels, which it cannot run ({why})")
         if act is not None:
             rng, azp = tensors.get(f"{name}.act_range"), tensors.get(f"{name}.act_zero_point")
             if rng is None or azp is None or rng.numel() != 2 or azp.numel() != 1:

@@ -10,11 +10,18 @@ __all__ = ["positive_int", "non_negative_int", "seed", "non_negative_float", "de
            "parse_corruption_list", "check_outputs"]
 
 
-def _int(text: str) -> int:
+def _int(text: str, maximum: int | None = None) -> int:
+    """An integer flag value no larger than `maximum` (default `MAX_INT`: torch's C int arguments overflow past it)."""
+    from qclip.io.validate import MAX_INT
+
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text[:40]!r}") from None
+    limit = MAX_INT if maximum is None else maximum
+    if value > limit:
+        raise argparse.ArgumentTypeError(f"must be <= {limit}, got {text[:40]}")
+    return value
 
 
 def positive_int(text: str) -> int:
@@ -37,9 +44,9 @@ def seed(text: str) -> int:
     """argparse type: a seed, an integer in 0..2**32 - 1 (the bound every seed path accepts)."""
     from qclip.io.validate import MAX_SEED
 
-    value = non_negative_int(text)
-    if value > MAX_SEED:
-        raise argparse.ArgumentTypeError(f"must be <= {MAX_SEED} (2**32 - 1), got {text[:40]}")
+    value = _int(text, MAX_SEED)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text[:40]}")
     return value
 
 

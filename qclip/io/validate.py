@@ -10,13 +10,15 @@ from qclip.quant.spec import MAX_SEED
 
 from .errors import ConfigError
 
-__all__ = ["PRECISIONS", "MAX_SEED", "check_seed", "shown", "check_int", "check_float", "check_str",
+__all__ = ["PRECISIONS", "MAX_INT", "MAX_SEED", "check_seed", "shown", "check_int", "check_float", "check_str",
            "check_str_list", "check_choice", "check_spec"]
 
 #: Weight/compute precisions every command accepts (`amp_bf16`: float32 weights under bfloat16 autocast).
 PRECISIONS = ("fp32", "amp_bf16", "fp16", "bf16", "pure_fp16", "pure_bf16")
 
 
+#: The largest count any flag or config field takes (2**31 - 1: torch's C int arguments overflow past it).
+MAX_INT = 2**31 - 1
 #: The most characters of a user's value an error line echoes (a huge value must not become a huge line).
 MAX_SHOWN = 200
 
@@ -27,23 +29,24 @@ def shown(value: Any) -> str:
     return text if len(text) <= MAX_SHOWN else f"{text[:MAX_SHOWN]}... ({len(text)} characters)"
 
 
-def check_int(name: str, value: Any, *, minimum: int | None = None, optional: bool = False) -> int | None:
-    """`value` as an int >= `minimum` (None allowed when `optional`); bools and floats are refused."""
+def check_int(name: str, value: Any, *, minimum: int | None = None, maximum: int = MAX_INT,
+              optional: bool = False) -> int | None:
+    """`value` as an int in [`minimum`, `maximum`] (None allowed when `optional`); bools and floats are refused. The
+    default maximum is `MAX_INT`: counts past it overflow torch's C int arguments (threads, sizes) after the work."""
     if value is None and optional:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{name} must be an integer{' or null' if optional else ''}, got {shown(value)}")
     if minimum is not None and value < minimum:
         raise ConfigError(f"{name} must be >= {minimum}, got {shown(value)}")
+    if value > maximum:
+        raise ConfigError(f"{name} must be <= {maximum}, got {shown(value)}")
     return value
 
 
 def check_seed(name: str, value: Any) -> int:
     """`value` as a seed: an integer in 0..`MAX_SEED` (every seed path accepts it: torch, numpy, Lightning)."""
-    check_int(name, value, minimum=0)
-    if value > MAX_SEED:
-        raise ConfigError(f"{name} must be <= {MAX_SEED} (2**32 - 1), got {str(value)[:40]}")
-    return value
+    return check_int(name, value, minimum=0, maximum=MAX_SEED)
 
 
 def check_float(name: str, value: Any, *, low: float | None = None, high: float | None = None,
