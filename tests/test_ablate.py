@@ -31,6 +31,7 @@ RUNTIME_KEYS = ("seconds", "timings", "written_at", "versions")
 
 
 def _grid_yaml(path, micro_dir, **extra) -> str:
+    """A grid file; `extra` keys replace the defaults (a grid refuses duplicate keys)."""
     lines = [
         "name: tiny",
         f"models: [{{name: 'local-dir:{micro_dir}'}}]",
@@ -48,7 +49,8 @@ def _grid_yaml(path, micro_dir, **extra) -> str:
         "bootstrap: 20",
         "bands: 0-4,4-16,16-",
         "batch_size: 48",
-    ] + [f"{k}: {v}" for k, v in extra.items()]
+    ]
+    lines = [ln for ln in lines if ln.split(":", 1)[0] not in extra] + [f"{k}: {v}" for k, v in extra.items()]
     path.write_text("\n".join(lines) + "\n")
     return str(path)
 
