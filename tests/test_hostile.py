@@ -799,8 +799,8 @@ def micro_fp(micro_dir):
 
 @pytest.mark.parametrize("writer", ["atomic_write_text", "atomic_write_bytes"])
 def test_a_failed_re_export_leaves_the_old_folder_intact_and_no_temp(writer, micro_fp, tmp_path, monkeypatch):
+    import qclip.io.checkpoints as checkpoints
     import qclip.io.export_dir as export_dir
-    import qclip.io.models as models
 
     model, (cfg, pre) = micro_fp
     out = tmp_path / "exp"
@@ -813,7 +813,7 @@ def test_a_failed_re_export_leaves_the_old_folder_intact_and_no_temp(writer, mic
         raise RuntimeError("killed mid-export")
 
     # the manifest (written last) or the float weights (written first) fail: either way nothing of the new export lands
-    monkeypatch.setattr(export_dir if writer == "atomic_write_text" else models, writer, fail)
+    monkeypatch.setattr(export_dir if writer == "atomic_write_text" else checkpoints, writer, fail)
     with pytest.raises(RuntimeError, match="killed mid-export"):
         export_dir.save_export_dir(model, None, out, model_cfg=cfg, preprocess_cfg=pre)
     assert _tree(out) == old

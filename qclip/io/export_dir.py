@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import glob
-import hashlib
 import json
 import logging
 import os
@@ -27,7 +26,9 @@ from typing import Any, TypedDict
 import torch
 from torch import nn
 
+from .checkpoints import LoadedModel, load_error_reason, load_open_clip_folder, save_open_clip_dir
 from .errors import ConfigError, ModelLoadError
+from .integrity import file_digest
 from .paths import atomic_write_bytes, atomic_write_text, output_error
 
 __all__ = ["EXPORT_MANIFEST", "INT_WEIGHTS_FILE", "FLOAT_DIR", "ExportManifest", "export_dir_of", "check_export_target",
@@ -74,14 +75,6 @@ def check_export_target(folder: str | os.PathLike, flag: str = "--out") -> None:
     if folder.is_dir() and any(folder.iterdir()) and not (folder / EXPORT_MANIFEST).is_file():
         raise ConfigError(f"{flag} {folder} holds files but is not an export folder (no {EXPORT_MANIFEST}): an "
                           "export replaces the whole folder; choose a new or empty folder")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _summary(entries: list[dict], all_maps) -> dict:
@@ -140,7 +133,6 @@ def save_export_dir(model: nn.Module, spec, folder: str | os.PathLike, *, model_
     from qclip.quant.spec import parse_spec
     from qclip.quant.surgery import list_linear_maps
 
-    from .models import save_open_clip_dir
     from .results import versions
 
     spec = parse_spec(spec) if isinstance(spec, str) else spec
@@ -162,7 +154,7 @@ def save_export_dir(model: nn.Module, spec, folder: str | os.PathLike, *, model_
         if tensors:
             atomic_write_bytes(tmp / INT_WEIGHTS_FILE,
                                save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}))
-        files = {p.relative_to(tmp).as_posix(): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        files = {p.relative_to(tmp).as_posix(): file_digest(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         vnni = cpu_int8_vnni()
         notes = []
         unsafe = _int16_unsafe(entries)
@@ -200,8 +192,6 @@ def read_export_manifest(folder: str | os.PathLike) -> ExportManifest:
     unreadable, of another format or malformed); the files it describes are not read (see `verify_export_dir`)."""
     from qclip.quant.export import EXPORT_FORMAT
 
-    from .models import load_error_reason
-
     folder = Path(folder)
     path = folder / EXPORT_MANIFEST
     try:
@@ -238,15 +228,13 @@ def _check_files(folder: Path, manifest: ExportManifest) -> None:
             raise _bad(folder, f"{EXPORT_MANIFEST} names {rel!r}, outside the folder")
         if not path.is_file():
             raise _bad(folder, f"{rel} is missing")
-        if _sha256(path) != digest:
+        if file_digest(path) != digest:
             raise _bad(folder, f"{rel} does not match its sha256 in {EXPORT_MANIFEST} (changed or damaged: export "
                                "again)")
 
 
 def _read_int_tensors(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
-
-    from .models import load_error_reason
 
     path = folder / INT_WEIGHTS_FILE
     try:
@@ -303,7 +291,7 @@ _WARNED_VNNI = False
 
 
 def load_export_dir(folder: str | os.PathLike, device: str | torch.device = "cpu", precision: str = "fp32", *,
-                    kernel: str | None = None):
+                    kernel: str | None = None) -> LoadedModel:
     """The integer model of a verified export folder (a `LoadedModel`): its float model with every exported map
     rebuilt from integer codes.
 
@@ -314,7 +302,6 @@ def load_export_dir(folder: str | os.PathLike, device: str | torch.device = "cpu
     from qclip.quant.kernels import cpu_int8_vnni
     from qclip.quant.surgery import attention_surgery_
 
-    from .models import LoadedModel, load_model
 
     folder = Path(folder)
     if precision.startswith("amp"):
@@ -323,7 +310,7 @@ def load_export_dir(folder: str | os.PathLike, device: str | torch.device = "cpu
         raise ModelLoadError(f"export folder {folder}: runs in float32 around its integer maps, not {precision}")
     manifest, tensors = verify_export_dir(folder)
     entries = manifest["maps"]
-    loaded = load_model(f"local-dir:{folder / FLOAT_DIR}")
+    loaded = load_open_clip_folder(f"local-dir:{folder / FLOAT_DIR}", "cpu", "fp32")
     attention_surgery_(loaded.model)
     _check_scope(folder, loaded.model, manifest)
     if entries:
