@@ -30,6 +30,7 @@ from qclip.io.demo import (
     register_model_configs,
 )
 from qclip.io.models import save_open_clip_dir
+from qclip.io.validate import check_seed
 
 from .progress import progress_settings
 from .schedule import warmup_cosine
@@ -59,6 +60,7 @@ class DemoRecipe:
             raise ValueError(f"epochs must be >= 1 and batch_size >= 2, got {self.epochs}, {self.batch_size}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        check_seed("seed", self.seed)  # seed_everything would silently draw another seed past 2**32 - 1
         if self.precision not in ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true"):
             raise ValueError(f"precision must be auto, 32-true, bf16-mixed, 16-mixed or bf16-true, got "
                              f"{self.precision!r}")
