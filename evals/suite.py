@@ -217,6 +217,14 @@ class ReliabilitySuite:
         """ID features and labels of a model variant (shared with `evaluate` through the run's memo)."""
         return self.features(loaded, key or model_fingerprint(loaded.model), self.id_spec, self.cfg.limit)
 
+    def memoised(self, key: str) -> dict[tuple, tuple[torch.Tensor, torch.Tensor]]:
+        """The memoised features of the model fingerprinted `key` (by memo key), e.g. to hand to another process."""
+        return {k: v for k, v in self._memo.items() if k[0] == key}
+
+    def remember(self, entries: dict[tuple, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Add features extracted elsewhere (`memoised` of a suite with the same config) to this run's memo."""
+        self._memo.update(entries)
+
     def release(self, *keep_keys: str | None) -> None:
         """Drop memoised features of every model but those fingerprinted `keep_keys` (e.g. the FP reference)."""
         self._memo = {k: v for k, v in self._memo.items() if k[0] in keep_keys}

@@ -42,8 +42,9 @@ from .grid import Cell, GridConfig, expand_cells, has_integer_cell, shard_cells,
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run_grid", "cell_hash", "load_records", "merge_results", "write_grid_report", "matched_truncation",
-           "ece_resamples", "SCHEMA"]
+__all__ = ["run_grid", "CellEvaluator", "pending_cells", "store_record", "finish_grid", "check_device",
+           "cell_hash", "load_records", "merge_results", "write_grid_report", "matched_truncation", "ece_resamples",
+           "SCHEMA"]
 
 SCHEMA = 2  # bump when a record's meaning changes: old records then no longer count as done (2: paired tests)
 
@@ -233,6 +234,22 @@ class _Group:
         return self._fp_metrics
 
     @property
+    def has_reference(self) -> bool:
+        """Whether the FP metrics (and so the FP features) are at hand."""
+        return self._fp_metrics is not None
+
+    def reference(self) -> dict:
+        """The FP metrics and the memoised FP features: what another process needs to skip the FP evaluation."""
+        metrics = self.fp_metrics
+        return {"metrics": copy.deepcopy(metrics), "features": self.suite.memoised(self.fp_key)}
+
+    def adopt_reference(self, state: dict) -> None:
+        """Use an FP reference computed elsewhere (`reference()` of the same group in another process)."""
+        if self._fp_metrics is None:
+            self._fp_metrics = copy.deepcopy(state["metrics"])
+            self.suite.remember(state["features"])
+
+    @property
     def fp_weights(self) -> FpWeights:
         if self._model_key not in self._weights_of_models:
             self._weights_of_models[self._model_key] = FpWeights(self.fp.model)
@@ -306,6 +323,58 @@ def _finite(obj):
     return obj
 
 
+class CellEvaluator:
+    """Evaluates cells one after another, keeping what the cells of a (model, seed) group share — the FP model,
+    its suite (decoded images, memoised FP features, text classifiers) and the FP weight spectra — across cells.
+
+    The one cell path of every way a grid runs: in process, as a `--shard`, and on a `--ray` worker. One group is
+    held at a time (cells arrive grouped); FP models and weight spectra are kept per model for all its seeds."""
+
+    def __init__(self, cfg: GridConfig, *, data_root: str | None = None, device: str = "cpu",
+                 batch_size: int | None = None, num_workers: int = 2, use_cache: bool = True,
+                 image_cache_mb: float = 2048.0):
+        self.cfg, self.data_root, self.device = cfg, data_root, device
+        self._suite_kw = dict(data_root=data_root, device=device, batch_size=batch_size or cfg.batch_size,
+                              num_workers=num_workers, progress=False, use_cache=use_cache,
+                              image_cache_mb=image_cache_mb)
+        self._fps: dict[tuple, LoadedModel] = {}
+        self._fp_weights: dict[tuple, FpWeights] = {}  # the FP spectra, once per model for all its seeds
+        self._groups: dict[tuple, _Group] = {}
+
+    def group(self, cell: Cell) -> _Group:
+        """The cell's (model, seed) group, built on first use (the previous group is dropped)."""
+        model_key = (cell.model, cell.pretrained)
+        if model_key not in self._fps:
+            self._fps[model_key] = load_model(cell.model, cell.pretrained, device=self.device,
+                                              precision=self.cfg.precision)
+            cfg = self.cfg
+            check_specs_fit(self._fps[model_key], *cfg.quant_specs(), *cfg.truncation, *cfg.match_truncation)
+        group_key = (*model_key, cell.seed)
+        if group_key not in self._groups:
+            self._groups.clear()  # one (model, seed) group in memory at a time
+            self._groups[group_key] = _Group(self.cfg, cell, self._fps[model_key], self._fp_weights,
+                                             **self._suite_kw)
+        return self._groups[group_key]
+
+    def evaluate(self, cell: Cell) -> CellRecord:
+        """The cell's record (JSON-safe: non-finite floats are None)."""
+        return _finite(_evaluate_cell(self.cfg, cell, self.group(cell), self.device, self.data_root))
+
+    def holds_reference(self, cell: Cell) -> bool:
+        """Whether the cell's group is in memory with its FP metrics computed."""
+        group = self._groups.get((cell.model, cell.pretrained, cell.seed))
+        return group is not None and group.has_reference
+
+    def reference(self, cell: Cell) -> dict:
+        """The FP reference of the cell's group (its metrics and memoised features), computed here if needed, for
+        `adopt_reference` in another process."""
+        return self.group(cell).reference()
+
+    def adopt_reference(self, cell: Cell, state: dict) -> None:
+        """Take the FP reference of the cell's group from another process instead of computing it again."""
+        self.group(cell).adopt_reference(state)
+
+
 def run_grid(cfg: GridConfig, out: str | os.PathLike, *, shard: tuple[int, int] = (1, 1),
              data_root: str | None = None, device: str = "cpu", batch_size: int | None = None, num_workers: int = 2,
              progress: bool = True, use_cache: bool = True, wandb_run=None, report: bool = True,
@@ -314,20 +383,14 @@ def run_grid(cfg: GridConfig, out: str | os.PathLike, *, shard: tuple[int, int] 
 
     Decoded images are kept in memory across the cells of a (model, seed) up to `image_cache_mb` (0: off)."""
     index, count = shard
-    if cfg.integer and torch.device(device).type != "cpu":
-        raise QclipInputError("integer: true runs oneDNN's CPU int8 kernels: run this grid with --device cpu, or "
-                              "drop it")
+    check_device(cfg, device)
     out = Path(out)  # created by the first write (store line, results, report): a run that fails first leaves none
     cells = shard_cells(expand_cells(cfg), index, count)
     store = ResultsStore(_store_dir(out) / f"shard-{index}-of-{count}.jsonl")
-    done = set(load_records(out))
-    todo = [c for c in cells if cell_hash(cfg, c) not in done]
+    todo = pending_cells(cfg, out, cells)
     summary = {"cells": len(cells), "skipped": len(cells) - len(todo), "evaluated": 0}
-    fps: dict[tuple, LoadedModel] = {}
-    fp_weights: dict[tuple, FpWeights] = {}  # the FP spectra, once per model for all its seeds
-    groups: dict[tuple, _Group] = {}
-    suite_kw = dict(data_root=data_root, device=device, batch_size=batch_size or cfg.batch_size,
-                    num_workers=num_workers, progress=False, use_cache=use_cache, image_cache_mb=image_cache_mb)
+    evaluator = CellEvaluator(cfg, data_root=data_root, device=device, batch_size=batch_size,
+                              num_workers=num_workers, use_cache=use_cache, image_cache_mb=image_cache_mb)
     bar = progress_bar(len(cells), initial=len(cells) - len(todo), desc=f"ablate {cfg.name}", unit="cell",
                        enabled=progress)
     from qclip.quant.truncation import reuse_svds
@@ -337,24 +400,40 @@ def run_grid(cfg: GridConfig, out: str | os.PathLike, *, shard: tuple[int, int] 
         try:
             for cell in todo:
                 bar.set_postfix_str(cell.variant)
-                model_key = (cell.model, cell.pretrained)
-                if model_key not in fps:
-                    fps[model_key] = load_model(cell.model, cell.pretrained, device=device, precision=cfg.precision)
-                    check_specs_fit(fps[model_key], *cfg.quant_specs(), *cfg.truncation, *cfg.match_truncation)
-                group_key = (*model_key, cell.seed)
-                if group_key not in groups:
-                    groups.clear()  # one (model, seed) group in memory at a time: cells are grouped in grid order
-                    groups[group_key] = _Group(cfg, cell, fps[model_key], fp_weights, **suite_kw)
-                record = _finite(_evaluate_cell(cfg, cell, groups[group_key], device, data_root))
-                store.append(record)
+                record = evaluator.evaluate(cell)
+                store_record(store, record, bar, wandb_run)
                 summary["evaluated"] += 1
-                m = record["metrics"]
-                bar.write(f"{cell.id}: acc1={m['acc1']:.4f} ece={m['ece']:.4f} ({record['seconds']:.1f}s)")
-                if wandb_run is not None:
-                    _log_cell(wandb_run, record)
-                bar.update(1)
         finally:
             bar.close()
+    return finish_grid(cfg, out, summary, report=report)
+
+
+def check_device(cfg: GridConfig, device: str) -> None:
+    """Refuse a grid the device cannot run (integer cells run oneDNN's CPU kernels)."""
+    if cfg.integer and torch.device(device).type != "cpu":
+        raise QclipInputError("integer: true runs oneDNN's CPU int8 kernels: run this grid with --device cpu, or "
+                              "drop it")
+
+
+def pending_cells(cfg: GridConfig, out: str | os.PathLike, cells: list[Cell]) -> list[Cell]:
+    """The cells not yet stored under `out`, in their order."""
+    done = set(load_records(out))
+    return [c for c in cells if cell_hash(cfg, c) not in done]
+
+
+def store_record(store: ResultsStore, record: CellRecord, bar, wandb_run=None, where: str = "") -> None:
+    """Append a finished cell's record to the store, print its line (naming its worker when given), log it."""
+    store.append(record)
+    m = record["metrics"]
+    bar.write(f"{record['cell']['id']}: acc1={m['acc1']:.4f} ece={m['ece']:.4f} ({record['seconds']:.1f}s"
+              + (f" on {where})" if where else ")"))
+    if wandb_run is not None:
+        _log_cell(wandb_run, record)
+    bar.update(1)
+
+
+def finish_grid(cfg: GridConfig, out: str | os.PathLike, summary: dict, *, report: bool = True) -> dict:
+    """Merge the stores; write the report when every cell of the grid is stored. Returns `summary` completed."""
     records, missing = merge_results(cfg, out)
     summary["missing"] = [c.id for c in missing]
     if not missing and report:
