@@ -29,7 +29,7 @@ TESTS = Path(__file__).resolve().parent
 def test_longest_first_known_answer_and_graham_bound():
     # the textbook LPT instance: 5,4,3,3,3 on 2 workers -> LPT {5,3}, {4,3,3}: 10; the optimum {5,4}, {3,3,3}: 9
     costs = [3, 5, 3, 4, 3]
-    plan = longest_first(costs, list(range(5)), 2, affinity=0)
+    plan = longest_first(costs, list(range(5)), 2)
     assert plan == [[1, 2], [3, 0, 4]] and makespan(plan, costs, list(range(5))) == 10
     rng = random.Random(0)
     for _ in range(40):  # Graham: LPT <= (4/3 - 1/(3m)) x the optimum, found here by brute force
@@ -37,17 +37,18 @@ def test_longest_first_known_answer_and_graham_bound():
         costs = [rng.randint(1, 20) for _ in range(n)]
         best = min(max(sum(c for c, a in zip(costs, assign) if a == w) for w in range(m))
                    for assign in itertools.product(range(m), repeat=n))
-        got = makespan(longest_first(costs, list(range(n)), m, affinity=0), costs, list(range(n)))
+        got = makespan(longest_first(costs, list(range(n)), m), costs, list(range(n)))
         assert best <= got <= (4 / 3 - 1 / (3 * m)) * best + 1e-9
         assert got >= lower_bound(costs, list(range(n)), m)
 
 
 def test_longest_first_runs_leads_first_and_keeps_groups_together():
-    # two groups (a lead of 2, two jobs of 3 each) on 2 workers: with affinity each group stays on one worker
+    # two groups (a lead of 2, two jobs of 3 each) on 2 workers: when a new group costs 3 to set up, each group
+    # stays on one worker (for the same makespan)
     costs, groups, leads = [2, 3, 3, 2, 3, 3], ["a"] * 3 + ["b"] * 3, [0, 3]
-    together = longest_first(costs, groups, 2, leads=leads, affinity=1.0)
+    together = longest_first(costs, groups, 2, leads=leads, switch=3.0)
     assert together == [[0, 1, 2], [3, 4, 5]]
-    spread = longest_first(costs, groups, 2, leads=leads, affinity=0.0)  # plain LPT mixes them
+    spread = longest_first(costs, groups, 2, leads=leads)  # free set-up: plain LPT mixes them
     assert spread == [[0, 1, 5], [3, 2, 4]]
     for plan in (together, spread):
         assert makespan(plan, costs, groups, leads) == lower_bound(costs, groups, 2, leads) == 8
@@ -61,6 +62,8 @@ def test_longest_first_runs_leads_first_and_keeps_groups_together():
 def test_simulate_waits_for_leads_and_detects_deadlock():
     costs, groups = [5, 1, 1], ["g", "g", "g"]
     assert simulate([[0], [1, 2]], costs, groups, [0]) == [5, 7]  # the second worker waits for the lead
+    # ...or only the last half unit of each job does: job 1 ends at 5 + 0.5, job 2 right after it
+    assert simulate([[0], [1, 2]], costs, groups, [0], tails=[0, 0.5, 0.5]) == [5, 6.5]
     with pytest.raises(ValueError, match="deadlock"):
         simulate([[1, 0]], costs, groups, [0])
     assert modulo(5, 2) == [[0, 2, 4], [1, 3]]
@@ -235,7 +238,6 @@ def test_a_worker_that_cannot_see_a_dataset_stops_the_run_at_start(micro_dir, wd
     assert not (tmp_path / "out" / "store").exists()
 
 
-@pytest.mark.slow
 def test_nothing_of_ray_is_imported_without_the_flag(micro_dir, wds_root, tmp_path):
     config = _tiny(tmp_path / "g.yaml", micro_dir, bits="[]", truncation="[]")  # the FP cell only
     code = ("import sys\nfrom qclip.cli import main\n"

@@ -214,6 +214,7 @@ class _Group:
         self.last_quant: _FakeQuant | None = None  # the quant cell just evaluated, for its integer cell
         self.ece_resamples = ece_resamples(cfg)
         self._fp_inputs: dict | None = None
+        self.reference_source = None  # a callable returning `reference()` of another process, or None
 
     @property
     def fp_inputs(self) -> dict:
@@ -229,6 +230,10 @@ class _Group:
 
     @property
     def fp_metrics(self) -> dict:
+        if self._fp_metrics is None and self.reference_source is not None:
+            state = self.reference_source()  # the FP reference computed in another process, when it has one
+            if state is not None:
+                self.adopt_reference(state)
         if self._fp_metrics is None:
             self._fp_metrics = self.suite.evaluate(self.fp, key=self.fp_key)
         return self._fp_metrics
@@ -273,8 +278,10 @@ def _evaluate_cell(cfg: GridConfig, cell: Cell, group: _Group, device: str, data
     feeds_int = cell.kind == "quant" and cfg.integer and has_integer_cell(parse_spec(cell.variant))
     group.last_quant = _FakeQuant(cell.variant, variant, report, key) if feeds_int else None
     t1 = time.perf_counter()
+    # the variant first: a Ray worker whose FP reference is still being computed elsewhere waits only after it
+    metrics = None if cell.kind == "fp" else group.suite.evaluate(variant, key=key)
     fp_metrics = group.fp_metrics
-    metrics = fp_metrics if cell.kind == "fp" else group.suite.evaluate(variant, key=key)
+    metrics = fp_metrics if metrics is None else metrics
     delta = None
     if cell.kind != "fp":
         from qclip.evals.metrics import relative_changes
@@ -360,19 +367,17 @@ class CellEvaluator:
         """The cell's record (JSON-safe: non-finite floats are None)."""
         return _finite(_evaluate_cell(self.cfg, cell, self.group(cell), self.device, self.data_root))
 
-    def holds_reference(self, cell: Cell) -> bool:
-        """Whether the cell's group is in memory with its FP metrics computed."""
-        group = self._groups.get((cell.model, cell.pretrained, cell.seed))
-        return group is not None and group.has_reference
-
     def reference(self, cell: Cell) -> dict:
         """The FP reference of the cell's group (its metrics and memoised features), computed here if needed, for
         `adopt_reference` in another process."""
         return self.group(cell).reference()
 
-    def adopt_reference(self, cell: Cell, state: dict) -> None:
-        """Take the FP reference of the cell's group from another process instead of computing it again."""
-        self.group(cell).adopt_reference(state)
+    def reference_from(self, cell: Cell, source) -> None:
+        """Take the FP reference of the cell's group from `source()` (another process's `reference`, or None: compute
+        it here) when a cell first needs it, unless the group holds it already."""
+        group = self.group(cell)
+        if not group.has_reference:
+            group.reference_source = source
 
 
 def run_grid(cfg: GridConfig, out: str | os.PathLike, *, shard: tuple[int, int] = (1, 1),

@@ -6,7 +6,9 @@ decoded images and text classifiers stay in the actor across the group's cells. 
 jobs (a cell, or a PTQ cell with the integer cell that reuses its model), costed from the dry run's forward counts
 and scheduled longest-first with group affinity (`qclip.experiments.schedule`). Each group's FP reference is
 computed once, by its *lead* job (the FP cell, or a bare reference job when the FP cell is already stored), and
-reaches the group's other actors through Ray's object store; a job of that group starts once its lead is done.
+reaches the group's other actors through Ray's object store: a job of that group may start once its lead is
+submitted; it evaluates its variant first and waits for the reference only when it needs it (for deltas, paired
+tests and spectra). Should the lead fail, the job computes the reference itself.
 A worker that idles takes the longest ready job of another worker's queue.
 
 Only the driver appends to `DIR/store/ray.jsonl` and writes the report, so workers need no shared filesystem for
@@ -192,14 +194,24 @@ class GridWorker:
 
     def run(self, group_cell: Cell, cells: tuple[Cell, ...], lead: bool, reference: list
             ) -> tuple[list[CellRecord], dict | None]:
-        """Evaluate `cells` (their group's FP reference adopted from `reference[0]`, an object ref, unless held or
-        this job leads); return their records and, for a lead, the group's FP reference."""
-        if reference and not lead and not self.evaluator.holds_reference(group_cell):
-            import ray
-
-            self.evaluator.adopt_reference(group_cell, ray.get(reference[0]))
+        """Evaluate `cells`; return their records and, for a lead, the group's FP reference. Other jobs take the
+        FP reference from `reference[0]` (the lead's object ref, waited for only when a cell first needs it)."""
+        if reference and not lead:
+            self.evaluator.reference_from(group_cell, lambda: _fetch(reference[0]))
         records = [self.evaluator.evaluate(cell) for cell in cells]
         return records, (self.evaluator.reference(group_cell) if lead else None)
+
+
+def _fetch(ref) -> dict | None:
+    """The FP reference behind an object ref (it waits for the lead job), or None when that job failed (its worker
+    died): the group then computes its reference itself."""
+    import ray
+    from ray.exceptions import RayError
+
+    try:
+        return ray.get(ref)
+    except RayError:
+        return None
 
 
 # ------------------------------------------------------------------------------------------------- the driver
@@ -222,8 +234,8 @@ def _worker_count(ray, opts: RayOptions, n_jobs: int) -> tuple[int, float, float
 
 
 class _Dispatcher:
-    """Per-worker job queues; hands an idle worker its next ready job, or the longest ready job of another
-    queue."""
+    """Per-worker job queues; hands an idle worker its next ready job (a lead, or a job whose lead is submitted),
+    or the longest ready job of another queue."""
 
     def __init__(self, jobs: list[Job], assignment: list[list[int]]):
         self.jobs = jobs
@@ -306,12 +318,13 @@ def _run_jobs(ray, cfg: GridConfig, out: Path, opts: RayOptions, jobs: list[Job]
     for name, problem in checks:
         if problem:
             raise DataError(f"{name}: {problem}")
+    # a job evaluates its variant before it needs its lead's FP reference: only its last bit waits (tails ~ 0)
     assignment = longest_first([j.cost for j in jobs], [j.group for j in jobs], n,
-                               leads=[i for i, j in enumerate(jobs) if j.lead])
+                               leads=[i for i, j in enumerate(jobs) if j.lead], tails=[0.0] * len(jobs))
     queue = _Dispatcher(jobs, assignment)
     store = ResultsStore(out / "store" / STORE_NAME)
-    references: dict[tuple, object] = {}  # group -> object ref of its FP reference
-    inflight: dict = {}  # records ref -> (worker, job, reference ref)
+    references: dict[tuple, object] = {}  # group -> object ref of its FP reference (its lead submitted)
+    inflight: dict = {}  # records ref -> (worker, job)
     dead: set[int] = set()
     idle, tries = list(range(n)), [0] * len(jobs)
     recovering: dict = {}  # ping ref -> worker: a restarting actor rejoins when its ping answers
@@ -324,10 +337,13 @@ def _run_jobs(ray, cfg: GridConfig, out: Path, opts: RayOptions, jobs: list[Job]
                 if i is None:
                     continue
                 job = jobs[i]
-                ref = [references[job.group]] if job.group in references else []
+                ref = [references[job.group]] if job.group in references and not job.lead else []
                 records_ref, reference_ref = workers[w].run.options(num_returns=2).remote(
                     job.group_cell, job.cells, job.lead, ref)
-                inflight[records_ref] = (w, i, reference_ref)
+                if job.lead:  # the group's other jobs may start now: they wait on this ref only when they need it
+                    references[job.group] = reference_ref
+                    queue.leads_pending.discard(job.group)
+                inflight[records_ref] = (w, i)
                 idle.remove(w)
             if not inflight and not recovering:
                 if queue.pending():
@@ -346,7 +362,7 @@ def _run_jobs(ray, cfg: GridConfig, out: Path, opts: RayOptions, jobs: list[Job]
                     dead.add(w)
                     queue.move_queue(w, alive)
                 continue
-            w, i, reference_ref = inflight.pop(done)
+            w, i = inflight.pop(done)
             job = jobs[i]
             try:
                 records = ray.get(done)
@@ -362,9 +378,6 @@ def _run_jobs(ray, cfg: GridConfig, out: Path, opts: RayOptions, jobs: list[Job]
                 recovering[workers[w].ping.options(max_task_retries=-1).remote()] = w
                 continue
             idle.append(w)
-            if job.lead:
-                references[job.group] = reference_ref
-                queue.leads_pending.discard(job.group)
             for record in records:
                 store_record(store, record, bar, wandb_run, where=names[w])
                 summary["evaluated"] += 1

@@ -1,0 +1,96 @@
+"""Ray's overhead on a micro grid: `qclip ablate` in process against `qclip ablate --ray` (a local Ray instance the
+command starts itself), same grid, same machine, runs interleaved, wall time of the whole command.
+
+Usage:
+    python benchmarks/ray_overhead.py [--rounds 3] [--out ray_overhead.json]
+
+The grid is the test suite's micro ViT CLIP (random init, tests/model_configs) on its synthetic data root
+(tests/synthdata.py): FP, RTN W8A8 / W4A8, a rank truncation; one OOD set, one corruption, limit 256. Every run
+writes to a fresh folder with `--no-cache` (every feature extracted again). `--ray` uses its default sizing: one
+CPU worker per 2 cores, so on a 2-core machine one worker with the same 2 threads as the in-process run; the
+difference is Ray's start-up, the actor's imports and the records' round trip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+GRID = """name: micro
+models: [{{name: 'local-dir:{model}'}}]
+methods: [rtn]
+bits: [w8a8, w4a8]
+truncation: [rank-f0.5]
+dataset: wds/cifar10
+ood: [wds/fashion_mnist]
+corruptions: [gaussian_noise:3]
+limit: 256
+ood_limit: 128
+bootstrap: 100
+bands: 0-4,4-16,16-
+batch_size: 64
+"""
+
+
+def build(tmp: Path) -> tuple[Path, Path]:
+    """The micro model folder and the synthetic data root."""
+    import open_clip
+    import torch
+    from synthdata import build_synthetic_root
+
+    from qclip.io.models import load_model, save_open_clip_dir
+
+    open_clip.add_model_config(REPO / "tests" / "model_configs")
+    torch.manual_seed(0)
+    model = save_open_clip_dir(load_model("qclip-micro-vit").model, open_clip.get_model_config("qclip-micro-vit"),
+                               tmp / "micro")
+    return model, build_synthetic_root(tmp / "data")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="ray-overhead-"))
+    model, data = build(tmp)
+    grid = tmp / "grid.yaml"
+    grid.write_text(GRID.format(model=model))
+    env = {**os.environ, "QCLIP_CACHE_DIR": str(tmp / "cache"), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    times: dict[str, list[float]] = {"in_process": [], "ray": []}
+    for r in range(args.rounds):
+        order = ["in_process", "ray"] if r % 2 == 0 else ["ray", "in_process"]  # alternate who goes first
+        for mode in order:
+            cmd = [sys.executable, "-m", "qclip", "ablate", "--config", str(grid), "--out", str(tmp / f"{mode}{r}"),
+                   "--data-root", str(data), "--no-cache", "--no-progress", "--workers", "0"]
+            cmd += ["--ray"] if mode == "ray" else []
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            wall = time.perf_counter() - t0
+            if proc.returncode != 0:
+                raise SystemExit(f"{mode} failed:\n{proc.stderr[-3000:]}")
+            times[mode].append(wall)
+            print(f"round {r + 1} {mode:10s} {wall:6.1f} s", flush=True)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    cpu = next((line.split(":", 1)[1].strip() for line in subprocess.run(["lscpu"], capture_output=True,
+               text=True).stdout.splitlines() if line.startswith("Model name")), "unknown")
+    result = {"cpu": cpu, "cores": os.cpu_count(), "rounds": args.rounds, "wall_s": times,
+              "median_s": {k: round(v, 1) for k, v in med.items()}, "ratio": round(med["ray"] / med["in_process"], 3)}
+    print(f"median: in process {med['in_process']:.1f} s, --ray {med['ray']:.1f} s, ratio {result['ratio']:.2f}x "
+          f"({cpu}, {os.cpu_count()} cores)")
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
