@@ -71,6 +71,26 @@ def test_simulate_waits_for_leads_and_detects_deadlock():
         longest_first([1, 2], ["a"], 2)
 
 
+def test_jobs_chain_integer_cells_and_lead_each_group(wds_root):
+    from qclip.experiments.distributed import plan_jobs
+    from qclip.experiments.grid import GridConfig, expand_cells
+
+    cfg = GridConfig(bits=["w8a8", "w4"], integer=True, seeds=[0, 1], limit=64, ood_limit=32)
+    cells = expand_cells(cfg)  # per seed: fp, w8a8, int:w8a8, w4 (weight-only: no integer cell)
+    assert [c.variant for c in cells[:4]] == ["fp", "w8a8", "int:w8a8", "w4"]
+    todo = cells[1:]  # seed 0's FP cell is stored (a resumed run)
+    jobs = plan_jobs(cfg, todo, str(wds_root))
+    labels = [[c.variant for c in j.cells] for j in jobs]
+    assert labels == [["w8a8", "int:w8a8"], ["w4"], ["fp"], ["w8a8", "int:w8a8"], ["w4"], []]
+    assert [j.lead for j in jobs] == [False, False, True, False, False, True]
+    ref = jobs[-1]  # seed 0 gets a reference-only lead (its FP cell is not re-run)
+    assert ref.group == (cells[0].model, None, 0) and ref.group_cell == cells[0]
+    # costs: the dry run's forwards (64 ID images: no other set here), fake quant weighted 1.45x; the PTQ job adds
+    # its calibration images and its integer cell
+    fp, w4 = jobs[2].cost, jobs[1].cost
+    assert fp == 64 and w4 == pytest.approx(64 * 1.45) and jobs[0].cost > 2 * w4
+
+
 # ------------------------------------------------------------------------------------------------ helpers
 def _tiny(path: Path, micro_dir, **extra) -> str:
     """4 cells (FP, two RTN specs, a truncation), one OOD set, small limits."""
