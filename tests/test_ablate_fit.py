@@ -150,14 +150,30 @@ def test_regularizer_lowers_its_target_on_the_training_batch(fit_run):
     assert 0.0 <= target[20.0] < target[0.0] - tol, target
 
 
+def test_shipped_grids_carry_fit_cells():
+    from pathlib import Path
+
+    from qclip.experiments.grid import load_grid
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    demo = [c for c in expand_cells(load_grid(configs / "demo.yaml")) if c.kind == "fit"]
+    assert [fit_of(load_grid(configs / "demo.yaml"), c)[1] for c in demo] == [0.0, 1.0]
+    sweep = load_grid(configs / "demo_regularizer.yaml")
+    cells = [c for c in expand_cells(sweep) if c.kind == "fit"]
+    assert len(cells) == sum(len(f.spectral_lambda) for f in sweep.fit) * len(sweep.seeds)
+    assert {f.spectral_on for f in sweep.fit} == {"features", "both"}
+
+
 def test_dry_run_counts_fit_training(micro_dir, wds_root):
-    from qclip.experiments.plan import plan_grid
+    from qclip.experiments.plan import format_plan, plan_grid
 
     cfg = _fit_grid(micro_dir)
     plan = plan_grid(cfg, data_root=str(wds_root))
+    header = next(line.split() for line in format_plan(plan).splitlines() if line.startswith("  cell "))
+    assert header[-2:] == ["train", "total"]
     rows = [r for r in plan.cells if r.kind == "fit"]
     assert len(rows) == len(LAMBDAS)
     for row in rows:
         train = [f for f in row.forwards if f.role == "training"]
-        assert [f.images for f in train] == [STEPS * BATCH + fits.calib_pairs(cfg, cfg.fit[0])]
+        assert [f.images for f in train] == [(STEPS + 1) * BATCH + fits.calib_pairs(cfg, cfg.fit[0])]
         assert sum(f.images for f in row.forwards if f.role == "calibration") == 64  # its PTQ-style calibration

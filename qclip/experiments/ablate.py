@@ -313,10 +313,8 @@ def _fit_field(cfg: GridConfig, cell: Cell, group: _Group, variant: LoadedModel,
                device: str, data_root: str | None) -> dict:
     """A fit cell's `fit` field; a λ = 0 fit is kept for the doses after it, a dose is paired with its λ = 0 fit
     (kept from before, else built again from the fit cache, e.g. when it ran in another shard)."""
-    from .fits import fit_path, fit_key
-
     entry, lam = fit_of(cfg, cell)
-    path = fit_path(fit_key(group.fp_key, cfg, entry, lam, cell.seed))
+    path = ensure_fit(cell, cfg, group.fp_key, data_root=data_root, device=device)  # cached by the build above
     baseline = entry.variant(0.0)
     if lam == 0:
         group.fit_bases = {baseline: (variant, key)}  # one entry's doses at a time: they follow their baseline

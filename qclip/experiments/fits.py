@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import io
 import logging
+import os
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -89,7 +90,7 @@ def train_fit(cell: Cell, cfg: GridConfig, entry: FitEntry, lam: float, *, data_
     from qclip.train.losses import feature_spectral_penalty
     from qclip.train.module import QATCLIPModule
 
-    state = capture_rng()
+    state, seed_env = capture_rng(), os.environ.get("PL_GLOBAL_SEED")
     try:
         with _quiet_lightning():
             L.seed_everything(cell.seed, verbose=False)
@@ -112,8 +113,11 @@ def train_fit(cell: Cell, cfg: GridConfig, entry: FitEntry, lam: float, *, data_
         with torch.no_grad():
             target = float(feature_spectral_penalty(model.encode_image(images.to(module.device)), entry.spectral_k))
         logged = trainer.callback_metrics
-    finally:
+    finally:  # the grid's own random streams go on as if no fit had run
         restore_rng(state)
+        os.environ.pop("PL_GLOBAL_SEED", None)
+        if seed_env is not None:
+            os.environ["PL_GLOBAL_SEED"] = seed_env
     return {"state_dict": {f"model.{k}": v.detach().cpu() for k, v in model.state_dict().items()},
             "hyper_parameters": dict(module.hparams),
             "qclip_fit": {"steps": int(trainer.global_step), "train_batch_target": target,
@@ -121,11 +125,10 @@ def train_fit(cell: Cell, cfg: GridConfig, entry: FitEntry, lam: float, *, data_
                           "last_loss": float(logged["train/loss"])}}
 
 
-def ensure_fit(cell: Cell, cfg: GridConfig, fp_key: str, *, lam: float | None = None, data_root: str | None,
-               device: str = "cpu", num_workers: int = 0) -> Path:
-    """The cached trained fit of `cell` (at `lam` instead of the cell's own λ when given), trained now if absent."""
-    entry, own = fit_of(cfg, cell)
-    lam = own if lam is None else lam
+def ensure_fit(cell: Cell, cfg: GridConfig, fp_key: str, *, data_root: str | None, device: str = "cpu",
+               num_workers: int = 0) -> Path:
+    """The cached trained fit of `cell` (`fp_key`: its FP model's content hash), trained now if absent."""
+    entry, lam = fit_of(cfg, cell)
     path = fit_path(fit_key(fp_key, cfg, entry, lam, cell.seed))
     if not path.is_file():
         buffer = io.BytesIO()

@@ -67,8 +67,10 @@ class FitEntry:
     warmup_steps: int = 0
 
     def variant(self, lam: float) -> str:
-        """The cell variant of strength λ, e.g. `fit:w4a8-lsq-k8-n100-lam0.1`."""
-        return f"fit:{self.spec}-k{self.spectral_k:g}-n{self.steps}-lam{lam:g}"
+        """The cell variant of strength λ, e.g. `fit:w4a8-lsq-k8-n100-lam0.1` (`-weights` / `-both` after the
+        steps when the weights are penalised)."""
+        on = "" if self.spectral_on == "features" else f"-{self.spectral_on}"
+        return f"fit:{self.spec}-k{self.spectral_k:g}-n{self.steps}{on}-lam{lam:g}"
 
     def settings(self, lam: float) -> dict:
         """Every training setting of the λ cell (part of its store hash and of its trained model's cache key)."""

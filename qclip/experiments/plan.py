@@ -238,18 +238,19 @@ def calibration_forwards(cfg: GridConfig, cell: Cell, id_set: DatasetPlan) -> Fo
 
 def training_forwards(cfg: GridConfig, cell: Cell, id_set: DatasetPlan) -> Forwards | None:
     """The training images a fit cell forwards when its fit is not cached: `steps` x `batch_size` pairs (the
-    frozen teacher forwards them again with distillation) and the images that initialise its quantizers."""
+    frozen teacher forwards them again with distillation), the images that initialise its quantizers, and one
+    batch after training (the penalty's target on the training batch)."""
     if cell.kind != "fit":
         return None
     from .fits import calib_pairs
 
     entry, _ = fit_of(cfg, cell)
     passes = 2 if entry.distill_weight > 0 else 1
-    steps = entry.steps * entry.batch_size * passes
+    steps = (entry.steps * passes + 1) * entry.batch_size
     split = "train" if id_set.size("train") is not None else "test"
     init, exact = _limited(id_set, calib_pairs(cfg, entry), split)
     detail = (f"{entry.steps} steps x {entry.batch_size}" + (" x 2 (teacher)" if passes > 1 else "")
-              + f" + {init:,} quantizer init ({split})")
+              + f" + {init:,} quantizer init ({split}) + 1 batch target")
     return Forwards("training", id_set.name, steps + init, exact, detail)
 
 
