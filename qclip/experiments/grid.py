@@ -273,7 +273,7 @@ def _fit_entry(index: int, entry) -> FitEntry:
     try:
         spec = check_spec("spec", check_str("spec", data["spec"]))
         if spec.kind != "quant" or "lsq" not in spec.method:
-            raise ConfigError(f"spec must be an LSQ QAT spec (w4a8-lsq, w4a8-rot-lsq, ...), got {shown(data["spec"])}")
+            raise ConfigError(f"spec must be an LSQ QAT spec (w4a8-lsq, w4a8-rot-lsq, ...), got {shown(data['spec'])}")
         data["spec"] = str(spec)
         check_int("steps", data["steps"], minimum=1)
         lams = data["spectral_lambda"]
