@@ -38,7 +38,8 @@ from qclip.io.records import CellRecord, QuantSummary, cell_record_problem
 from qclip.io.store import ResultsStore, config_hash
 
 from .analysis import FpWeights, feature_summary, weight_summary
-from .grid import Cell, GridConfig, expand_cells, has_integer_cell, shard_cells, spec_string
+from .fits import ensure_fit, fit_summary, trained_model
+from .grid import Cell, GridConfig, expand_cells, fit_of, has_integer_cell, shard_cells, spec_string
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,13 @@ SCHEMA = 2  # bump when a record's meaning changes: old records then no longer c
 
 
 def cell_hash(cfg: GridConfig, cell: Cell) -> str:
-    """Store key of a cell: the cell itself, the grid's dataset/limit settings and the record schema."""
-    return config_hash({"cell": cell.as_dict(), "grid": cfg.key(), "schema": SCHEMA})
+    """Store key of a cell: the cell itself, the grid's dataset/limit settings, the record schema and, for a fit
+    cell, every training setting."""
+    key = {"cell": cell.as_dict(), "grid": cfg.key(), "schema": SCHEMA}
+    if cell.kind == "fit":
+        entry, lam = fit_of(cfg, cell)
+        key["fit"] = entry.settings(lam)
+    return config_hash(key)
 
 
 def _store_dir(out: str | os.PathLike) -> Path:
@@ -148,13 +154,18 @@ def _build_variant(cell: Cell, fp: LoadedModel, suite: ReliabilitySuite, cfg: Gr
         return fp, None
     if cell.kind == "rank-match":
         return matched_truncation(fp, spec_string(cell))
-    if cell.kind == "qat":
+    if cell.kind in ("qat", "fit"):
         from qclip.quant.spec import parse_spec
 
-        tuned = load_model(cell.checkpoint, device=device, precision=cfg.precision)
-        spec = str(parse_spec(next(q.spec for q in cfg.qat if f"qat:{q.name}" == cell.variant)))
+        if cell.kind == "fit":  # trained here (or read from the fit cache) from the FP model
+            checkpoint = str(ensure_fit(cell, cfg, model_fingerprint(fp.model), data_root=data_root, device=device))
+            tuned, spec = trained_model(fp, Path(checkpoint)), fit_of(cfg, cell)[0].spec
+        else:
+            checkpoint = cell.checkpoint
+            tuned = load_model(checkpoint, device=device, precision=cfg.precision)
+            spec = str(parse_spec(next(q.spec for q in cfg.qat if f"qat:{q.name}" == cell.variant)))
         return quantize_loaded(tuned, spec, suite.id_spec, device=device, data_root=data_root,
-                               calib_batches=cfg.calib_batches, qat_checkpoint=cell.checkpoint)
+                               calib_batches=cfg.calib_batches, qat_checkpoint=checkpoint)
     return quantize_loaded(fp, spec_string(cell), suite.id_spec, device=device, data_root=data_root,
                            calib_batches=cfg.calib_batches)
 
@@ -193,8 +204,8 @@ def _fake_quant_of(cell: Cell, group: _Group, cfg: GridConfig, device: str, data
 def ece_resamples(cfg: GridConfig) -> int:
     """Resamples of the grid's paired ECE tests: the grid's `bootstrap`, raised to the minimum whose p floor sits
     well below Holm's first threshold for the largest ECE family the report can form (every quant cell × every
-    labelled set); 0 with the bootstrap off."""
-    quant = sum(c.kind in ("quant", "qat") for c in expand_cells(cfg))
+    labelled set, fit cells and their λ = 0 comparisons included); 0 with the bootstrap off."""
+    quant = sum(c.kind in ("quant", "qat", "fit") for c in expand_cells(cfg))
     return family_resamples(cfg.bootstrap, max(1, quant) * (1 + len(cfg.corruptions) + len(cfg.shift)))
 
 
@@ -212,6 +223,7 @@ class _Group:
         self._fp_metrics: dict | None = None
         self._model_key = (cell.model, cell.pretrained)
         self.last_quant: _FakeQuant | None = None  # the quant cell just evaluated, for its integer cell
+        self.fit_bases: dict[str, tuple[LoadedModel, str]] = {}  # λ = 0 fits (model, key), for their doses
         self.ece_resamples = ece_resamples(cfg)
         self._fp_inputs: dict | None = None
         self.reference_source = None  # a callable returning `reference()` of another process, or None
@@ -305,18 +317,40 @@ def _evaluate_cell(cfg: GridConfig, cell: Cell, group: _Group, device: str, data
         spectral.update({"weight_rel_error": None, "weight_maps": None, "damping": None, "tail_damping": None})
     else:
         spectral.update(weight_summary(group.fp_weights, variant.model))
+    fit = _fit_field(cfg, cell, group, variant, key, feats, device, data_root) if cell.kind == "fit" else None
     t3 = time.perf_counter()
-    group.suite.release(group.fp_key, *((key,) if feeds_int else ()))  # its integer cell pairs with these features
+    # its integer cell pairs with these features, the λ > 0 fits with their λ = 0 fit's
+    group.suite.release(group.fp_key, *((key,) if feeds_int else ()), *(k for _, k in group.fit_bases.values()))
     n = metrics.get("n")
     metrics = {k: v for k, v in metrics.items() if k != "n"}
     return {"hash": cell_hash(cfg, cell), "grid": cfg.name, "cell": cell.as_dict(),
             "datasets": {"id": cfg.dataset, "ood": list(cfg.ood), "shift": list(cfg.shift),
                          "corruptions": list(cfg.corruptions), "spurious": cfg.spurious},
             "n": n, "metrics": metrics, "delta": delta, "paired": paired, "paired_fake_quant": vs_fake_quant,
-            "spectral": spectral, "quant_report": report,
+            "spectral": spectral, "quant_report": report, **({"fit": fit} if fit is not None else {}),
             "seconds": round(t3 - t0, 3),
             "timings": {"build": round(t1 - t0, 3), "eval": round(t2 - t1, 3), "spectral": round(t3 - t2, 3)},
             "versions": versions()}
+
+
+def _fit_field(cfg: GridConfig, cell: Cell, group: _Group, variant: LoadedModel, key: str, feats: torch.Tensor,
+               device: str, data_root: str | None) -> dict:
+    """A fit cell's `fit` field; a λ = 0 fit is kept for the doses after it, a dose is paired with its λ = 0 fit
+    (kept from before, else built again from the fit cache, e.g. when it ran in another shard)."""
+    entry, lam = fit_of(cfg, cell)
+    path = ensure_fit(cell, cfg, group.fp_key, data_root=data_root, device=device)  # cached by the build above
+    baseline = entry.variant(0.0)
+    if lam == 0:
+        group.fit_bases = {baseline: (variant, key)}  # one entry's doses at a time: they follow their baseline
+        return fit_summary(cfg, cell, path, feats, variant, base=None, suite=group.suite, key=key,
+                           n_boot=group.ece_resamples)
+    if baseline not in group.fit_bases:
+        base, _ = _build_variant(replace(cell, variant=baseline), group.fp, group.suite, cfg, device, data_root)
+        group.fit_bases = {baseline: (base, model_fingerprint(base.model))}
+    base, base_key = group.fit_bases[baseline]
+    base_feats, _ = group.suite.id_features(base, base_key)
+    return fit_summary(cfg, cell, path, feats, variant, base=(base, base_key, base_feats), suite=group.suite,
+                       key=key, n_boot=group.ece_resamples)
 
 
 def _finite(obj):

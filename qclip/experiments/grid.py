@@ -2,8 +2,9 @@
 
 A cell is one model variant evaluated on every dataset of the grid: the full-precision reference, a PTQ spec
 (method × bits × scope), that spec's integer model on real int8 kernels (`int:w8a8`, with `integer: true`), a rank
-truncation, a rank truncation matched per layer to a quantization's weight error (`rank-match:w4a8`), or a QAT
-checkpoint from `qclip fit`. Cells are enumerated in a fixed order, and shard I of
+truncation, a rank truncation matched per layer to a quantization's weight error (`rank-match:w4a8`), a QAT
+checkpoint from `qclip fit`, or a QAT variant the grid trains itself from the FP model (`fit`: one cell per
+spectral-regularizer strength λ, see `qclip.experiments.fits`). Cells are enumerated in a fixed order, and shard I of
 N takes every N-th cell starting at I-1, so N processes can share one store directory.
 """
 
@@ -19,6 +20,7 @@ from qclip.io.validate import (
     MAX_SHOWN,
     PRECISIONS,
     check_choice,
+    check_float,
     check_int,
     check_seed,
     check_spec,
@@ -27,7 +29,7 @@ from qclip.io.validate import (
     shown,
 )
 
-__all__ = ["GridConfig", "Cell", "QatEntry", "load_grid", "expand_cells", "parse_shard", "shard_cells", "spec_string",
+__all__ = ["GridConfig", "Cell", "QatEntry", "FitEntry", "fit_of", "load_grid", "expand_cells", "parse_shard", "shard_cells", "spec_string",
            "grid_data_root", "has_integer_cell"]
 
 _METHOD_SUFFIX = {"rtn": "", "smoothquant": "-smoothquant", "rot": "-rot", "rotation": "-rot"}
@@ -43,14 +45,46 @@ class QatEntry:
     checkpoint: str
 
 
+_FIT_KEYS = ("spec", "steps", "spectral_lambda", "spectral_k", "spectral_on", "batch_size", "lr", "scale_lr",
+             "contrastive_weight", "distill_weight", "warmup_steps")
+
+
+@dataclass(frozen=True)
+class FitEntry:
+    """A QAT fine-tune the grid trains from each FP model (`qclip fit`'s module and data module), one cell per λ of
+    `spectral_lambda` (which must hold 0: the baseline of the dose–response); the other keys are the module's."""
+
+    spec: str
+    steps: int
+    spectral_lambda: tuple[float, ...]
+    spectral_k: int | float = 8
+    spectral_on: str = "features"
+    batch_size: int = 64
+    lr: float = 1e-4
+    scale_lr: float = 1e-3
+    contrastive_weight: float = 1.0
+    distill_weight: float = 0.0
+    warmup_steps: int = 0
+
+    def variant(self, lam: float) -> str:
+        """The cell variant of strength λ, e.g. `fit:w4a8-lsq-k8-n100-lam0.1` (`-weights` / `-both` after the
+        steps when the weights are penalised)."""
+        on = "" if self.spectral_on == "features" else f"-{self.spectral_on}"
+        return f"fit:{self.spec}-k{self.spectral_k:g}-n{self.steps}{on}-lam{lam:g}"
+
+    def settings(self, lam: float) -> dict:
+        """Every training setting of the λ cell (part of its store hash and of its trained model's cache key)."""
+        return {**{k: getattr(self, k) for k in _FIT_KEYS if k != "spectral_lambda"}, "spectral_lambda": float(lam)}
+
+
 @dataclass(frozen=True)
 class Cell:
     """One model variant of the grid (evaluated on all of the grid's datasets)."""
 
     model: str
     pretrained: str | None
-    variant: str  # fp | a quant spec | int:<quant spec> | rank-... | rank-match:<quant spec> | qat:<name>
-    kind: str  # fp | quant | int | rank | rank-match | qat
+    variant: str  # fp | a quant spec | int:<quant spec> | rank-... | rank-match:<quant spec> | qat:<name> | fit:...
+    kind: str  # fp | quant | int | rank | rank-match | qat | fit
     seed: int
     method: str | None = None
     bits: str | None = None
@@ -81,6 +115,7 @@ class GridConfig:
     truncation: list[str] = field(default_factory=list)
     match_truncation: list[str] = field(default_factory=list)
     qat: list[QatEntry] = field(default_factory=list)
+    fit: list[FitEntry] = field(default_factory=list)  # QAT variants trained in the grid (the regularizer's axis)
     seeds: list[int] = field(default_factory=lambda: [0])
     dataset: str = "wds/cifar10"
     ood: list[str] = field(default_factory=list)
@@ -124,6 +159,11 @@ class GridConfig:
                                   f"{q.spec!r}")
         for text in [*self.quant_specs(), *self.truncation, *self.match_truncation]:
             check_spec("spec", text)
+        self.fit = [f if isinstance(f, FitEntry) else _fit_entry(i, f) for i, f in enumerate(self.fit, 1)]
+        variants = [f.variant(lam) for f in self.fit for lam in f.spectral_lambda]
+        if len(set(variants)) != len(variants):
+            raise ConfigError(f"two fit entries give the same cell {next(v for v in variants if variants.count(v) > 1)!r}"
+                              " (same spec, spectral_k, steps, spectral_on and λ): merge them")
         try:
             self.corruptions = [f"{n}:{s}" for n, s in parse_corruptions(",".join(self.corruptions))]
         except ValueError as exc:
@@ -163,6 +203,8 @@ class GridConfig:
             if isinstance(q, dict):
                 for key in ("name", "spec", "checkpoint"):
                     check_str(f"the {key} of a qat entry", q.get(key), optional=key != "checkpoint")
+        if not isinstance(self.fit, list):
+            raise ConfigError(f"fit must be a list of {{spec, steps, spectral_lambda, ...}}, got {shown(self.fit)}")
         if not isinstance(self.seeds, list):
             raise ConfigError(f"seeds must be a list of integers, got {shown(self.seeds)}")
         for key in ("models", "methods", "bits", "scopes", "extra_specs", "truncation", "match_truncation", "qat",
@@ -211,6 +253,68 @@ def _qat_entry(entry) -> QatEntry:
         raise ConfigError(f"qat entry {shown(entry)} needs the 'spec' it was trained with (e.g. w4a8-lsq)")
     return QatEntry(name=str(entry.get("name") or Path(entry["checkpoint"]).stem), spec=str(spec),
                     checkpoint=str(entry["checkpoint"]))
+
+
+def _fit_entry(index: int, entry) -> FitEntry:
+    """A validated `fit` entry; a bad value is one line naming the entry and the key."""
+    from qclip.spectral.penalties import rank_spec, resolve_rank
+
+    where = f"fit entry {index}"
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where} must be a mapping {{spec, steps, spectral_lambda, ...}}, got {shown(entry)}")
+    unknown = sorted(set(entry) - set(_FIT_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {unknown} (known: {sorted(_FIT_KEYS)})")
+    missing = [k for k in ("spec", "steps", "spectral_lambda") if k not in entry]
+    if missing:
+        raise ConfigError(f"{where} needs {', '.join(missing)} (e.g. {{spec: w4a8-lsq, steps: 100, "
+                          "spectral_lambda: [0, 0.1, 1.0]}})")
+    data = dict(entry)
+    try:
+        spec = check_spec("spec", check_str("spec", data["spec"]))
+        if spec.kind != "quant" or "lsq" not in spec.method:
+            raise ConfigError(f"spec must be an LSQ QAT spec (w4a8-lsq, w4a8-rot-lsq, ...), got {shown(data['spec'])}")
+        data["spec"] = str(spec)
+        check_int("steps", data["steps"], minimum=1)
+        lams = data["spectral_lambda"]
+        lams = list(lams) if isinstance(lams, (list, tuple)) else [lams]
+        lams = [check_float("an entry of spectral_lambda", v, low=0.0) for v in lams]
+        if 0.0 not in lams:
+            raise ConfigError(f"spectral_lambda must include 0 (the λ = 0 fit every other λ is compared with), "
+                              f"got {lams}")
+        if len(set(lams)) != len(lams):
+            raise ConfigError(f"spectral_lambda has repeated values: {lams}")
+        data["spectral_lambda"] = tuple(sorted(lams))  # λ = 0 first: the baseline is trained before its doses
+        k = data.get("spectral_k", FitEntry.spectral_k)
+        try:
+            resolve_rank(rank_spec(k), 1)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"bad spectral_k {shown(k)}: {exc}") from None
+        data["spectral_k"] = rank_spec(k)
+        check_choice("spectral_on", data.get("spectral_on", FitEntry.spectral_on), ("features", "weights", "both"))
+        for key in ("batch_size", "warmup_steps"):
+            check_int(key, data.get(key, getattr(FitEntry, key)), minimum=1 if key == "batch_size" else 0)
+        for key in ("lr", "scale_lr"):
+            check_float(key, data.get(key, getattr(FitEntry, key)), low=0.0, low_open=True)
+        for key in ("contrastive_weight", "distill_weight"):
+            check_float(key, data.get(key, getattr(FitEntry, key)), low=0.0)
+        if data.get("contrastive_weight", 1.0) == 0 and data.get("distill_weight", 0.0) == 0:
+            raise ConfigError("contrastive_weight and distill_weight cannot both be 0")
+    except (ConfigError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    for key in ("lr", "scale_lr", "contrastive_weight", "distill_weight"):
+        if key in data:
+            data[key] = float(data[key])
+    return FitEntry(**data)
+
+
+def fit_of(cfg: GridConfig, cell: Cell) -> tuple[FitEntry, float]:
+    """The fit entry and λ of a `fit` cell."""
+    for entry in cfg.fit:
+        for lam in entry.spectral_lambda:
+            if entry.variant(lam) == cell.variant:
+                return entry, lam
+    raise KeyError(f"no fit entry of grid {cfg.name!r} gives the cell {cell.id}")
 
 
 def grid_data_root(cfg: GridConfig, data_root: str | None) -> str | None:
@@ -328,7 +432,7 @@ def has_integer_cell(spec) -> bool:
 
 def expand_cells(cfg: GridConfig) -> list[Cell]:
     """Every cell in a fixed order: per model and seed, FP, PTQ specs (each followed by its integer cell with
-    `integer`), matched truncations, truncations, QAT."""
+    `integer`), matched truncations, truncations, QAT checkpoints, trained fits (λ ascending per entry)."""
     from qclip.quant.spec import parse_spec
 
     cells = []
@@ -352,6 +456,10 @@ def expand_cells(cfg: GridConfig) -> list[Cell]:
                 spec = parse_spec(q.spec)
                 cells.append(Cell(name, pretrained, f"qat:{q.name}", "qat", seed, spec.method, _bits(spec), spec.scope,
                                   q.checkpoint))
+            for f in cfg.fit:
+                spec = parse_spec(f.spec)
+                cells += [Cell(name, pretrained, f.variant(lam), "fit", seed, spec.method, _bits(spec), spec.scope)
+                          for lam in f.spectral_lambda]
     return cells
 
 

@@ -12,7 +12,10 @@ corrupted copy of it per corruption, each OOD / shift / spurious set (`ood_limit
 limit is forwarded once), and, when its spec calibrates, `calib_batches` x 64 images of the ID set's train split
 (its test split when it has none) per calibration pass: one for activation quantization and one more for
 SmoothQuant's statistics when its scope holds LayerNorm->linear blocks. Weight-only specs, rank truncation and
-matched truncation calibrate nothing. Text-tower passes are not counted.
+matched truncation calibrate nothing. A fit cell (QAT trained in the grid) also forwards its training: `steps` x
+`batch_size` training images (twice with a distillation teacher) and the training images that initialise its
+quantizers; a fit is trained once and cached, so a rerun forwards none of that, and each seed trains its own (its
+clean sets are not shared across seeds). Text-tower passes are not counted.
 
 Dataset names resolve as `qclip.io.data.resolve_dataset` does, without touching shards: a registered `wds/NAME`
 (sizes from the registry), another `wds/NAME` under the data root or at the public CLIP_benchmark location (sizes
@@ -30,10 +33,10 @@ from functools import lru_cache
 from qclip.io.errors import DataError
 from qclip.io.locate import DatasetPlan, plan_dataset, root_description
 
-from .grid import Cell, GridConfig, expand_cells, shard_cells, spec_string
+from .grid import Cell, GridConfig, expand_cells, fit_of, shard_cells, spec_string
 
-__all__ = ["Forwards", "CellPlan", "GridPlan", "plan_datasets", "check_datasets", "eval_forwards", "calibration_forwards", "plan_grid", "format_plan",
-           "plan_json"]
+__all__ = ["Forwards", "CellPlan", "GridPlan", "plan_datasets", "check_datasets", "eval_forwards", "calibration_forwards",
+           "training_forwards", "plan_grid", "format_plan", "plan_json"]
 
 ROLES = ("id", "ood", "shift", "spurious")
 
@@ -42,7 +45,7 @@ ROLES = ("id", "ood", "shift", "spurious")
 class Forwards:
     """Image forward passes over one set for one cell; `images` None when the set's size is unknown and unbounded."""
 
-    role: str  # id | corruption | ood | shift | spurious | calibration
+    role: str  # id | corruption | ood | shift | spurious | calibration | training
     dataset: str
     images: int | None
     exact: bool  # False: an upper bound (a limit on a set of unknown size) or unknown
@@ -214,12 +217,15 @@ def _calibration_passes(spec_text: str, model: str) -> int:
 def calibration_forwards(cfg: GridConfig, cell: Cell, id_set: DatasetPlan) -> Forwards | None:
     """The calibration images a cell's variant forwards (None for FP, rank truncation, matched truncation and
     weight-only specs)."""
-    if cell.kind not in ("quant", "qat"):
+    if cell.kind not in ("quant", "qat", "fit"):
         return None
     from qclip.quant.spec import parse_spec
 
-    text = spec_string(cell) if cell.kind == "quant" else next(q.spec for q in cfg.qat
-                                                               if f"qat:{q.name}" == cell.variant)
+    if cell.kind == "fit":
+        text = fit_of(cfg, cell)[0].spec
+    else:
+        text = spec_string(cell) if cell.kind == "quant" else next(q.spec for q in cfg.qat
+                                                                   if f"qat:{q.name}" == cell.variant)
     passes = _calibration_passes(text, cell.model)
     if not passes:
         return None
@@ -230,16 +236,36 @@ def calibration_forwards(cfg: GridConfig, cell: Cell, id_set: DatasetPlan) -> Fo
     return Forwards("calibration", id_set.name, images * passes, exact, detail)
 
 
+def training_forwards(cfg: GridConfig, cell: Cell, id_set: DatasetPlan) -> Forwards | None:
+    """The training images a fit cell forwards when its fit is not cached: `steps` x `batch_size` pairs (the
+    frozen teacher forwards them again with distillation), the images that initialise its quantizers, and one
+    batch after training (the penalty's target on the training batch)."""
+    if cell.kind != "fit":
+        return None
+    from .fits import calib_pairs
+
+    entry, _ = fit_of(cfg, cell)
+    passes = 2 if entry.distill_weight > 0 else 1
+    steps = (entry.steps * passes + 1) * entry.batch_size
+    split = "train" if id_set.size("train") is not None else "test"
+    init, exact = _limited(id_set, calib_pairs(cfg, entry), split)
+    detail = (f"{entry.steps} steps x {entry.batch_size}" + (" x 2 (teacher)" if passes > 1 else "")
+              + f" + {init:,} quantizer init ({split}) + 1 batch target")
+    return Forwards("training", id_set.name, steps + init, exact, detail)
+
+
 def _model_name(cell: Cell) -> str:
     return cell.model if cell.pretrained is None else f"{cell.model}:{cell.pretrained}"
 
 
 def _cell_plan(cfg: GridConfig, cell: Cell, evals: tuple[Forwards, ...], id_set: DatasetPlan) -> CellPlan:
-    calib = calibration_forwards(cfg, cell, id_set)
-    forwards = evals + ((calib,) if calib is not None else ())
+    extra = (calibration_forwards(cfg, cell, id_set), training_forwards(cfg, cell, id_set))
+    forwards = evals + tuple(f for f in extra if f is not None)
     note = {"fp": "FP reference: its features serve every cell of this seed",
             "int": "integer kernels on the CPU; reuses its quant cell's calibrated model when that cell ran just "
-                   "before it in the same process (else calibrates again)"}.get(cell.kind, "")
+                   "before it in the same process (else calibrates again)",
+            "fit": "trained once and cached; a λ > 0 fit pairs with its λ = 0 fit of the same seed (kept from "
+                   "the cell before it, else read from the fit cache and calibrated again)"}.get(cell.kind, "")
     return CellPlan(cell.id, _model_name(cell), cell.variant, cell.seed, cell.kind, forwards, note)
 
 
@@ -265,7 +291,7 @@ def _reuse_clean_features(rows, first: dict[tuple, int]) -> list[CellPlan]:
     out = []
     for row in rows:
         variant = (row.model, row.spec)
-        if first.setdefault(variant, row.seed) < row.seed:
+        if row.kind != "fit" and first.setdefault(variant, row.seed) < row.seed:  # each seed trains its own fit
             kept = tuple(f for f in row.forwards if f.role in ("corruption", "calibration"))
             note = f"clean sets: the cached features of seed {first[variant]}"
             row = replace(row, forwards=kept, note=f"{row.note}; {note}" if row.note else note)
@@ -321,6 +347,7 @@ _NOTES = ("counted for an empty feature cache; image-tower passes only (text pro
           "FP features serve every variant of their seed; later seeds forward corrupted copies (the seed draws their "
           "noise) and calibration only, reading clean-set features from the cache (--no-cache: every set again)",
           "calib: calib_batches x 64 ID images per calibration pass (activation observers; SmoothQuant adds one)",
+          "train: a fit cell's training (steps x batch_size, plus its quantizer init), none once the fit is cached",
           "'<=': a limit on a set of unknown size; '+?': a set of unknown size and no limit")
 
 
@@ -331,12 +358,13 @@ def format_plan(plan: GridPlan) -> str:
             + (f", shard {i}/{n}: {len(plan.cells)} of {plan.grid_cells} cells" if n > 1
                else f": {len(plan.cells)} cells"))
     lines = [head, "", *_dataset_lines(plan), ""]
-    header = ("cell", "model", "spec", "seed", "ID", "corrupted", "OOD/shift", "calib", "total")
+    header = ("cell", "model", "spec", "seed", "ID", "corrupted", "OOD/shift", "calib", "train", "total")
     table = [header]
     for row in plan.rows:
         parts = [[f for f in row.forwards if f.role == r] for r in ("id", "corruption")]
         parts.append([f for f in row.forwards if f.role in ("ood", "shift", "spurious")])
         parts.append([f for f in row.forwards if f.role == "calibration"])
+        parts.append([f for f in row.forwards if f.role == "training"])
         table.append((row.id, row.model, row.spec, str(row.seed), *(_sum(p) if p else "-" for p in parts),
                       _count(row.images, row.exact, row.unknown)))
     widths = [max(len(r[k]) for r in table) for k in range(len(header))]

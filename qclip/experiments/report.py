@@ -37,6 +37,7 @@ from .cells import (
     sort_key,
     spectral_of,
 )
+from .dose import dose_response_section
 from .findings import findings
 from .findings import p_text as _p_text
 from .plots import plot_band_accuracy, save_figure
@@ -432,7 +433,8 @@ def write_report(records: list[CellRecord], out_dir: str | os.PathLike, *, title
     write_csv(out / "results.csv", tidy_rows(records), CSV_COLUMNS)
     found = findings(records)
     lines = [*_header(ctx, title, grid), *_main_table(ctx), *_quant_vs_rank(ctx), *_integer(ctx), *_reliability(ctx),
-             *_sqnr(ctx), *_band_accuracy(ctx), *_damping(ctx), *_uncertainty(ctx), *_findings_section(found)]
+             *_sqnr(ctx), *_band_accuracy(ctx), *_damping(ctx), *_uncertainty(ctx), *dose_response_section(records),
+             *_findings_section(found)]
     atomic_write_text(out / "report.md", "\n".join(lines))
     return {"report": str(out / "report.md"), "csv": str(out / "results.csv"), "plots": ctx.plots,
             "findings": found, "cells": len(records)}
