@@ -25,6 +25,7 @@ from qclip.spectral.weights import (
     effective_rank,
     error_energy_split,
     layer_eigenvalues_batched,
+    layer_spectra_batched,
     layer_statistics,
     svdvals_batched,
 )
@@ -36,14 +37,38 @@ DAMPING_BINS = 20
 
 
 class FpWeights:
-    """The FP model's linear maps (after attention surgery on a copy) and their singular values, computed once."""
+    """The FP model's linear maps (after attention surgery on a copy) and their singular values, computed once.
+
+    method "svd": σ from float32 SVDs (`svdvals_batched`), the ESDs for alpha from float64 Gram eigenvalues on first
+    use; "gram": σ and ESDs from one float64 Gram eigendecomposition per map (`layer_spectra_batched`).
+    """
 
     def __init__(self, model: torch.nn.Module, *, method: str = "svd"):
         model = attention_surgery_(copy.deepcopy(model))
         self.maps = {m.name: m for m in list_linear_maps(model)}
         self.weights = {n: model.get_submodule(n).weight.detach().float().cpu() for n in self.maps}
-        self.sigmas = dict(zip(self.weights, svdvals_batched(list(self.weights.values()), method=method)))
         self.method = method
+        self._esds: list[torch.Tensor] | None = None
+        if method == "gram":
+            sigmas, self._esds = _spectra(list(self.weights.values()), method)
+        else:
+            sigmas = svdvals_batched(list(self.weights.values()), method=method)
+        self.sigmas = dict(zip(self.weights, sigmas))
+
+    @property
+    def esds(self) -> list[torch.Tensor]:
+        """WeightWatcher-style ESDs (`layer_eigenvalues`) of the maps, in `maps` order."""
+        if self._esds is None:
+            self._esds = layer_eigenvalues_batched(list(self.weights.values()))
+        return self._esds
+
+
+def _spectra(weights: list[torch.Tensor], method: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """σ and ESDs of many maps: one float64 Gram decomposition each ("gram"), or float32 SVD + float64 ESD."""
+    if method == "gram":
+        pairs = layer_spectra_batched(weights)
+        return [p[0] for p in pairs], [p[1] for p in pairs]
+    return svdvals_batched(weights, method=method), layer_eigenvalues_batched(weights)
 
 
 @torch.no_grad()
@@ -54,12 +79,11 @@ def weight_spectra(fp: FpWeights, other: torch.nn.Module | None, *,
     w_q: list = [None] * len(fp.maps)
     s_q: list = [None] * len(fp.maps)
     e_q: list = [None] * len(fp.maps)
-    e_fp = layer_eigenvalues_batched(list(fp.weights.values()))  # float64, conv slices pooled: WeightWatcher's alpha
+    e_fp = fp.esds  # float64, conv slices pooled: WeightWatcher's alpha
     if other is not None:
         attention_surgery_(other)
         w_q = [effective_weight(other.get_submodule(name)) for name in fp.maps]
-        s_q = svdvals_batched(w_q, method=fp.method)
-        e_q = layer_eigenvalues_batched(w_q)
+        s_q, e_q = _spectra(w_q, fp.method)
     layers, sigmas = [], []
     for (name, m), ef, wq, sq, eq in zip(fp.maps.items(), e_fp, w_q, s_q, e_q):
         wf, sf = fp.weights[name], fp.sigmas[name]
