@@ -103,7 +103,7 @@ def integer_loaded(fq: LoadedModel, spec_text: str, *, w_bits: dict[str, int] | 
     import copy
 
     from qclip.quant.export import build_integer_model_, integer_tensors
-    from qclip.quant.kernels import cpu_int8_vnni
+    from qclip.quant.kernels import cpu_int8_vnni, int8_features
     from qclip.quant.qat import convert_qat_
 
     spec = check_spec("--quant", spec_text)
@@ -114,7 +114,7 @@ def integer_loaded(fq: LoadedModel, spec_text: str, *, w_bits: dict[str, int] | 
     summary: QuantSummary = {"spec": f"int:{spec}", "maps": len(entries), "integer_arithmetic": n_int,
                              "dequantized": len(entries) - n_int,
                              "int16_safe": sum(bool(e["int16_safe"]) for e in entries if e["kernel"] == "onednn"),
-                             "vnni": cpu_int8_vnni()}
+                             "vnni": cpu_int8_vnni(), "int8_path": int8_features()["int8_path"]}
     return fq._replace(model=model), summary
 
 

@@ -33,8 +33,8 @@ from torch import nn
 
 from .rotation import HadamardRotation
 
-__all__ = ["KERNELS", "IntLinear", "IntConv2d", "IntMap", "onednn_int8_available", "cpu_int8_vnni", "prepack_",
-           "integer_maps", "int16_safe"]
+__all__ = ["KERNELS", "IntLinear", "IntConv2d", "IntMap", "onednn_int8_available", "cpu_int8_vnni", "cpu_flags",
+           "int8_features", "int8_advice", "INT8_FLAGS", "prepack_", "integer_maps", "int16_safe"]
 
 KERNELS = ("onednn", "dequant")
 
@@ -52,18 +52,71 @@ def onednn_int8_available() -> bool:
     return True
 
 
-@functools.lru_cache(maxsize=1)
-def cpu_int8_vnni() -> bool | None:
-    """Whether this CPU has VNNI / AMX int8 dot products (without them oneDNN's u8 x s8 sums saturate int16);
-    None when it cannot be told (no /proc/cpuinfo)."""
+#: x86 flags that decide oneDNN's int8 path (/proc/cpuinfo names)
+INT8_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def cpu_flags() -> frozenset[str] | None:
+    """This CPU's feature flags from /proc/cpuinfo; None when it cannot be read (not Linux)."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
             for line in f:
                 if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+                    return frozenset(line.split(":", 1)[1].split())
     except OSError:
         return None
+    return None
+
+
+def int8_features(flags: frozenset[str] | set[str] | None = None) -> dict[str, Any]:
+    """The int8-relevant CPU features (this CPU's, or those of `flags`) and the path oneDNN's u8 x s8 products take.
+
+    `int8_path`: "amx" (AMX-INT8 tiles: TDPBUSD sums u8 x s8 products straight into int32), "vnni" (AVX-512 VNNI
+    or AVX-VNNI: VPDPBUSD, the same exact int32 sums), "avx2" (VPMADDUBSW: pairs of u8 x s8 products summed in
+    saturating int16 before widening, so 8-bit weights x full-range 8-bit activations can clip), or None when the
+    flags are unknown. `cpu_capability` is torch's own dispatch level."""
+    flags = cpu_flags() if flags is None else frozenset(flags)
+    if flags is None:
+        path = None
+    elif "amx_int8" in flags:
+        path = "amx"
+    elif flags & {"avx512_vnni", "avx_vnni"}:
+        path = "vnni"
+    elif "avx2" in flags:
+        path = "avx2"
+    else:
+        path = None
+    return {"flags": None if flags is None else sorted(flags & set(INT8_FLAGS)), "int8_path": path,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_int8_vnni() -> bool | None:
+    """Whether this CPU has VNNI / AMX int8 dot products (without them oneDNN's u8 x s8 sums saturate int16);
+    None when it cannot be told (no /proc/cpuinfo)."""
+    path = int8_features()["int8_path"]
+    return None if path is None else path in ("vnni", "amx")
+
+
+def int8_advice(int8_path: str | None, unsafe_maps: int, a_bits: int | None) -> str | None:
+    """What to tell a user exporting `unsafe_maps` int16-unsafe oneDNN maps (8-bit weights x full-range 8-bit
+    activations) with `a_bits`-bit activations on a CPU whose int8 path is `int8_path` (see `int8_features`).
+
+    w8a7 is recommended only where it helps (AVX2: saturating int16 pair sums); on VNNI / AMX the note says that
+    8-bit activations are exact there and 7 bits only matter for AVX2-only CPUs. None: nothing to say."""
+    if int8_path == "avx2" and unsafe_maps:
+        return (f"this CPU has no VNNI or AMX: oneDNN's int8 kernels sum u8 x s8 pairs in saturating int16, so "
+                f"{unsafe_maps} maps with 8-bit weights and full-range 8-bit activations lose precision here; "
+                "7-bit activations (e.g. --quant w8a7) or weights never saturate")
+    if int8_path in ("vnni", "amx"):
+        unit = "AMX-INT8" if int8_path == "amx" else "VNNI"
+        if unsafe_maps:
+            return (f"this CPU has {unit}: u8 x s8 products are summed exactly in int32, so the {unsafe_maps} maps "
+                    "with 8-bit weights and 8-bit activations run as the fake-quant model does here (to float32 "
+                    "rounding); only on an AVX2-only CPU would they saturate int16 (export w8a7 for such CPUs)")
+        if a_bits == 7:
+            return (f"this CPU has {unit}: 8-bit activations (w8a8) are exact here too; 7-bit activations only "
+                    "avoid int16 saturation on AVX2-only CPUs")
     return None
 
 

@@ -23,7 +23,7 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
-from qclip.quant.kernels import IntConv2d, IntLinear, cpu_int8_vnni, integer_maps
+from qclip.quant.kernels import IntConv2d, IntLinear, int8_advice, int8_features, integer_maps
 from qclip.quant.surgery import attention_surgery_, list_linear_maps
 from safetensors.torch import load_file
 
@@ -123,8 +123,11 @@ def test_w8a8_export_covers_every_map_with_int8_kernels(vit_w8a8, micro_dir, wds
     assert cosine_ok(image_features(loaded.model), fq)
     # 8-bit weights x full-range 8-bit activation codes can saturate int16 without VNNI; the manifest says so
     assert all(e["int16_safe"] is False for e in manifest["maps"])
-    if cpu_int8_vnni() is False:
-        assert manifest["notes"] and "VNNI" in manifest["notes"][0] and "w8a7" in manifest["notes"][0]
+    # the advice follows the int8 path of the CPU the export was checked on, which the manifest records
+    cpu = manifest["cpu_features"]
+    assert cpu == int8_features() and cpu["int8_path"] in ("avx2", "vnni", "amx", None)
+    advice = int8_advice(cpu["int8_path"], len(expected), 8)
+    assert manifest["notes"] == ([advice] if advice else [])
 
 
 @pytest.mark.parametrize("quant", ["w4a8", "w8a7"])
@@ -134,7 +137,9 @@ def test_int16_safe_integer_model_equals_fake_quant(micro_dir, wds_root, tmp_pat
     out = tmp_path / quant
     assert export(f"local-dir:{micro_dir}", out, quant, wds_root) == 0
     manifest = json.loads((out / "export.json").read_text())
-    assert all(e["int16_safe"] is True for e in manifest["maps"]) and not manifest["notes"]
+    assert all(e["int16_safe"] is True for e in manifest["maps"])
+    advice = int8_advice(manifest["cpu_features"]["int8_path"], 0, 7 if quant == "w8a7" else 8)
+    assert manifest["notes"] == ([advice] if advice else [])  # w4a8 on any CPU, w8a7 on AVX2: nothing to say
     if quant == "w8a7":  # 7-bit grids in the uint8 frame (signed ones shifted by -qmin = 64): codes 0..127
         tensors = load_file(str(out / "int.safetensors"))
         assert all(tensors[f"{e['name']}.act_range"].tolist() == [0, 127] for e in manifest["maps"])
@@ -270,3 +275,31 @@ def test_export_bad_input_exits_2(micro_dir, vit_w8a8, wds_root, tmp_path, capsy
     assert main(["eval", "--model", str(broken), "--dataset", "wds/cifar10", "--data-root", str(wds_root),
                  "--out", str(tmp_path / "x.json"), "--no-progress", "--workers", "0"]) == 2
     assert "export manifest" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ int8 paths per CPU (injected CPU features)
+@pytest.mark.parametrize(("flags", "path"), [
+    ({"sse4_2", "avx2", "fma"}, "avx2"),
+    ({"avx2", "avx512f", "avx512_vnni"}, "vnni"),
+    ({"avx2", "avx_vnni"}, "vnni"),  # Alder Lake-style AVX-VNNI without AVX-512
+    ({"avx2", "avx512f", "avx512_vnni", "amx_tile", "amx_int8"}, "amx"),
+    ({"sse4_2"}, None),
+])
+def test_int8_path_from_cpu_flags(flags, path):
+    feats = int8_features(frozenset(flags))
+    assert feats["int8_path"] == path
+    assert set(feats["flags"]) == flags & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"}
+
+
+def test_w8a7_is_recommended_only_without_vnni():
+    # AVX2: 8-bit x full-range 8-bit maps saturate int16 pair sums -> recommend w8a7; nothing when all maps are safe
+    avx2 = int8_advice("avx2", 23, 8)
+    assert "no VNNI" in avx2 and "w8a7" in avx2 and "23 maps" in avx2
+    assert int8_advice("avx2", 0, 7) is None and int8_advice("avx2", 0, 8) is None
+    for path, unit in (("vnni", "VNNI"), ("amx", "AMX-INT8")):
+        w8a8 = int8_advice(path, 23, 8)  # exact int32 sums: says so, and names w8a7 only for AVX2-only CPUs
+        assert unit in w8a8 and "exactly in int32" in w8a8 and "AVX2-only" in w8a8
+        w8a7 = int8_advice(path, 0, 7)
+        assert unit in w8a7 and "w8a8" in w8a7 and "only avoid" in w8a7
+        assert int8_advice(path, 0, 8) is None  # e.g. w4a8: nothing to say
+    assert int8_advice(None, 23, 8) is None  # unknown CPU: no claim either way

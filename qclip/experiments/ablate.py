@@ -274,6 +274,7 @@ class _Group:
 
 
 def _evaluate_cell(cfg: GridConfig, cell: Cell, group: _Group, device: str, data_root: str | None) -> CellRecord:
+    from qclip.evals.agreement import feature_agreement
     from qclip.evals.variants import integer_loaded
     from qclip.evals.zeroshot import zero_shot_classifier
     from qclip.io.results import versions
@@ -318,6 +319,11 @@ def _evaluate_cell(cfg: GridConfig, cell: Cell, group: _Group, device: str, data
     else:
         spectral.update(weight_summary(group.fp_weights, variant.model))
     fit = _fit_field(cfg, cell, group, variant, key, feats, device, data_root) if cell.kind == "fit" else None
+    agreement = None  # integer cells: their features against the fake-quant cell's, same images
+    if fq is not None:
+        fq_clf = zero_shot_classifier(fq.loaded.model, fq.loaded.tokenizer, spec.classnames, spec.templates,
+                                      device=device, use_cache=group.suite.use_cache).float().cpu()
+        agreement = feature_agreement(group.suite.id_features(fq.loaded, fq.key)[0], feats, fq_clf, clf)
     t3 = time.perf_counter()
     # its integer cell pairs with these features, the λ > 0 fits with their λ = 0 fit's
     group.suite.release(group.fp_key, *((key,) if feeds_int else ()), *(k for _, k in group.fit_bases.values()))
@@ -327,6 +333,7 @@ def _evaluate_cell(cfg: GridConfig, cell: Cell, group: _Group, device: str, data
             "datasets": {"id": cfg.dataset, "ood": list(cfg.ood), "shift": list(cfg.shift),
                          "corruptions": list(cfg.corruptions), "spurious": cfg.spurious},
             "n": n, "metrics": metrics, "delta": delta, "paired": paired, "paired_fake_quant": vs_fake_quant,
+            "feature_agreement": agreement,
             "spectral": spectral, "quant_report": report, **({"fit": fit} if fit is not None else {}),
             "seconds": round(t3 - t0, 3),
             "timings": {"build": round(t1 - t0, 3), "eval": round(t2 - t1, 3), "spectral": round(t3 - t2, 3)},

@@ -241,20 +241,30 @@ def _integer(ctx: _Ctx) -> list[str]:
         rows.append([ctx.label(rec), f"{q.get('integer_arithmetic', '—')} / {q.get('maps', '—')}",
                      f"{q.get('int16_safe', '—')}", _fmt(s_fq.get("acc1")), _fmt(ctx.s(rec).get("acc1")),
                      _interval(acc), _fmt(s_fq.get("ece")), _fmt(ctx.s(rec).get("ece")), _interval(ident.get("ece")),
-                     _interval(((pq.get("ood") or {}).get(first) or {}).get("auroc")) if first else "—"])
+                     _interval(((pq.get("ood") or {}).get(first) or {}).get("auroc")) if first else "—",
+                     _agreement(rec.get("feature_agreement"))])
     vnni = next((q.get("vnni") for q in (r.get("quant_report") or {} for r in ints) if "vnni" in q), None)
     lines += [("Each integer cell rebuilds its quant cell's model from integer codes and grids (as `qclip export` "
                "does) and runs oneDNN's int8 kernels on the CPU; Δ = integer − fake-quant on the same images "
                "(McNemar for acc1, paired bootstrap for ECE, DeLong for AUROC; 95% intervals). Maps: on integer "
-               "kernels / quantized; exact without VNNI: maps whose u8 × s8 pair sums cannot saturate int16 (7-bit activations or weights)."
+               "kernels / quantized; exact without VNNI: maps whose u8 × s8 pair sums cannot saturate int16 (7-bit activations or weights). "
+               "Features: the ID image features of the integer model against the fake-quant model's, max |Δ| over "
+               "entries / min cosine over images / top-1 flips of the zero-shot prediction."
                + ("" if vnni is not False else " **This CPU has no VNNI**: the other maps' sums saturate int16 here, "
                   "which moves the integer model away from the fake-quant model.")), "",
               *_table(["integer cell", "maps int8 / quantized", "exact without VNNI", "acc1 fake-quant",
                        "acc1 integer", "Δacc1 [95%]", "ECE fake-quant", "ECE integer", "ΔECE [95%]",
-                       f"ΔAUROC {first or ''} [95%]"], rows)]
+                       f"ΔAUROC {first or ''} [95%]", "features max |Δ| / min cos / flips"], rows)]
     if disagree:
         lines += [f"Integer and fake-quant acc1 differ beyond the paired interval for: {', '.join(disagree)}.", ""]
     return lines
+
+
+def _agreement(agr: dict | None) -> str:
+    """An integer cell's feature agreement with its fake-quant cell, as one table cell."""
+    if not agr:
+        return "—"
+    return f"{agr['max_abs_diff']:.2g} / {agr['min_cosine']:.7f} / {agr['top1_flips']} of {agr['n']}"
 
 
 def _scatter(ctx: _Ctx) -> Figure | None:

@@ -56,6 +56,7 @@ class ExportManifest(TypedDict):
     maps: list[dict[str, Any]]  # qclip.quant.export.MapEntry
     files: dict[str, str]
     exported_on: dict[str, Any]
+    cpu_features: dict[str, Any]  # qclip.quant.kernels.int8_features(): flags, int8_path, cpu_capability
     notes: list[str]
     versions: dict[str, str]
 
@@ -128,7 +129,7 @@ def save_export_dir(model: nn.Module, spec, folder: str | os.PathLike, *, model_
     from safetensors.torch import save
 
     from qclip.quant.export import EXPORT_FORMAT, integer_tensors
-    from qclip.quant.kernels import cpu_int8_vnni, onednn_int8_available
+    from qclip.quant.kernels import cpu_int8_vnni, int8_advice, int8_features, onednn_int8_available
     from qclip.quant.qat import convert_qat_
     from qclip.quant.spec import parse_spec
     from qclip.quant.surgery import list_linear_maps
@@ -156,19 +157,16 @@ def save_export_dir(model: nn.Module, spec, folder: str | os.PathLike, *, model_
                                save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}))
         files = {p.relative_to(tmp).as_posix(): file_digest(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         vnni = cpu_int8_vnni()
-        notes = []
-        unsafe = _int16_unsafe(entries)
-        if vnni is False and unsafe:
-            notes.append(f"this CPU has no VNNI: oneDNN's int8 kernels sum u8 x s8 pairs in saturating int16, so "
-                         f"{len(unsafe)} maps with 8-bit weights and full-range 8-bit activations lose precision "
-                         "here; 7-bit activations (e.g. --quant w8a7) or weights never saturate")
+        cpu = int8_features()  # the CPU this export was checked on; the advice follows its int8 path
+        advice = int8_advice(cpu["int8_path"], len(_int16_unsafe(entries)), getattr(spec, "a_bits", None))
+        notes = [advice] if advice else []
         manifest = ExportManifest(
             format=EXPORT_FORMAT, spec=None if spec is None else str(spec), source=source or {}, float=FLOAT_DIR,
             int_weights=INT_WEIGHTS_FILE if tensors else None, summary=_summary(entries, list_linear_maps(plain)),
             maps=entries, files=files,
             exported_on={"cpu_capability": torch.backends.cpu.get_cpu_capability(), "vnni": vnni,
                          "onednn_int8": onednn_int8_available()},
-            notes=notes, versions=versions())
+            cpu_features=cpu, notes=notes, versions=versions())
         atomic_write_text(tmp / EXPORT_MANIFEST, json.dumps(manifest, indent=2, allow_nan=False) + "\n")
         _swap_in(tmp, folder)
     except OSError as exc:

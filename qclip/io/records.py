@@ -95,6 +95,7 @@ class QuantSummary(TypedDict, total=False):
     dequantized: int
     int16_safe: int
     vnni: bool | None
+    int8_path: str | None  # integer cells: "avx2" / "vnni" / "amx" (`qclip.quant.kernels.int8_features`)
 
 
 class PairedTest(TypedDict, total=False):
@@ -235,6 +236,7 @@ class CellRecord(TypedDict, total=False):
     delta: Optional[dict[str, Any]]
     paired: Optional[PairedBlock]  # records before schema 2 hold {diff, low, high, p} without "test": "no test"
     paired_fake_quant: Optional[PairedBlock]  # integer cells: real kernels − fake-quant, as `paired`
+    feature_agreement: Optional[dict[str, Any]]  # integer cells: n, max_abs_diff, min_cosine, top1_flips vs fake-quant
     spectral: SpectralSummary
     quant_report: Optional[QuantSummary]
     seconds: float
