@@ -3,7 +3,7 @@ spectrum, and layer-by-layer agreement of the power-law alpha.
 
 Setup (benchmark-only): pip install "weightwatcher==0.7.7"
 Usage: python benchmarks/vs_weightwatcher.py [--models demo vit-b-32] [--repeats 2] [--path gram64|svd32+eig64]
-       [--per-layer]
+       [--per-layer] [--levers]
 
 Models, both random-init (timing depends on the architecture, not on the weights): the demo architecture built
 from its open_clip config (`qclip/io/model_configs/qclip-demo.json`: a ModifiedResNet image tower, 19 convolutions,
@@ -19,6 +19,10 @@ path "svd32+eig64" (`--svd svd`): float32 `svdvals_batched` for σ plus `layer_e
 WeightWatcher: `WeightWatcher(model=surgered).analyze()`. Repeats alternate qclip and WeightWatcher; reported are
 the minima (the machine is shared: minima are the least disturbed runs) and the ratio of the per-spectrum minima.
 
+Levers (`--levers`, no WeightWatcher): the decompositions alone, interleaved — the former path (float32 SVD for σ,
+float64 SVD for the ESD), float32 SVD + float64 Gram ESD, the shared float64 Gram, and that one without the
+two-thread split or without batching by shape.
+
 Agreement. For every layer WeightWatcher fits (not -1), |Δα| between its `alpha` and qclip's `alpha` from the
 same path, counted against 1e-9.
 """
@@ -30,7 +34,6 @@ import copy
 import logging
 import math
 import platform
-import statistics
 import time
 
 import open_clip
@@ -130,17 +133,64 @@ def run_model(name: str, ww, repeats: int, path: str, per_layer: bool) -> dict:
     return {"ratio": ratio, "equal": equal, "fitted": len(keep)}
 
 
+def levers(name: str, repeats: int) -> None:
+    """Time the decomposition alternatives alone on one model's FP + w8 weights, interleaved, minima."""
+    import os
+    from unittest import mock
+
+    from qclip.quant.api import quantize_
+    from qclip.quant.modules import effective_weight
+    from qclip.quant.surgery import attention_surgery_, list_linear_maps
+    from qclip.spectral.weights import layer_eigenvalues_batched, layer_spectra_batched, svdvals_batched
+
+    fp = attention_surgery_(build(name))
+    quantized = copy.deepcopy(fp)
+    quantize_(quantized, "w8-vt", None)
+    maps = list_linear_maps(fp)
+    ws = [fp.get_submodule(m.name).weight.detach() for m in maps]
+    ws += [effective_weight(quantized.get_submodule(m.name)).detach() for m in maps]
+    lin = [w for w in ws if w.dim() == 2]
+
+    def one_thread_pool():
+        with mock.patch.object(os, "cpu_count", return_value=1):
+            return layer_spectra_batched(ws)
+
+    variants = {
+        "before: float32 SVD (σ) + float64 SVD (ESD)": lambda: (svdvals_batched(ws),
+                                                                 svdvals_batched(lin, dtype=torch.float64)),
+        "float32 SVD (σ) + float64 Gram (ESD)  [--svd svd]": lambda: (svdvals_batched(ws),
+                                                                       layer_eigenvalues_batched(ws)),
+        "float64 Gram, shared σ + ESD          [--svd gram]": lambda: layer_spectra_batched(ws),
+        "  same, one worker thread (no split)": one_thread_pool,
+        "  same, not batched by shape": lambda: [layer_spectra_batched([w]) for w in ws],
+    }
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(repeats):
+        for key, fn in variants.items():
+            t0 = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - t0)
+    print(f"\nlevers on {name} ({len(ws)} spectra; decompositions only; {repeats} interleaved repeats, minima):")
+    for key, ts in times.items():
+        print(f"  {key:52s} {min(ts):7.2f} s  (all: {', '.join(f'{t:.2f}' for t in ts)})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", nargs="+", default=["demo", "vit-b-32"], choices=["demo", "vit-b-32"])
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--path", default="gram64", choices=["gram64", "svd32+eig64"])
+    ap.add_argument("--levers", action="store_true", help="time the decomposition alternatives only (no WeightWatcher)")
     ap.add_argument("--per-layer", action="store_true", help="print every layer's alphas, not only those that differ")
     args = ap.parse_args()
     logging.getLogger("weightwatcher").setLevel(logging.ERROR)
     import weightwatcher as ww
 
     print(f"CPU: {cpu_name()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if args.levers:
+        for name in args.models:
+            levers(name, max(1, args.repeats))
+        return
     for name in args.models:
         run_model(name, ww, max(1, args.repeats), args.path, args.per_layer)
     print(f"(load average at the end: {', '.join(f'{x:.1f}' for x in __import__('os').getloadavg())})")

@@ -21,8 +21,8 @@ def add_parser(sub) -> None:
                     help="dataset for the feature analyses (per-rank SQNR, rank-band accuracy)")
     sp.add_argument("--limit", type=positive_int, default=None, help="images for the feature analyses")
     sp.add_argument("--bands", default=None, help="rank bands, e.g. 0-8,8-64,64-")
-    sp.add_argument("--svd", default=None, choices=["svd", "gram"], help="singular values by batched SVD or "
-                    "Gram eigenvalues (faster, less accurate below ~3e-4·σ_max in float32)")
+    sp.add_argument("--svd", default=None, choices=["svd", "gram"], help="singular values from float64 Gram "
+                    "eigenvalues shared with alpha's ESD (gram, the default: faster) or a float32 SVD (svd)")
     sp.add_argument("--frequency-images", type=non_negative_int, default=None, help="images for the 2D-FFT and "
                     "band-limited perturbation analyses (0: skip)")
     add_data_root(sp)

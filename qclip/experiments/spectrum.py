@@ -54,7 +54,7 @@ class SpectrumConfig:
     limit: int | None = 2000
     bands: str = "0-8,8-64,64-"
     truncate: str | None = None
-    svd: str = "svd"
+    svd: str = "gram"  # σ and the ESDs from one float64 Gram decomposition (see FpWeights)
     top_fraction: float = 0.1
     precision: str = "fp32"
     frequency_images: int = 512
