@@ -23,7 +23,10 @@ def feature_agreement(reference: torch.Tensor, other: torch.Tensor, classifier: 
         raise ValueError(f"feature_agreement needs two [n, d] feature sets of one shape, got "
                          f"{tuple(reference.shape)} and {tuple(other.shape)}")
     a, b = reference.double(), other.double()
-    cos = F.cosine_similarity(a, b, dim=-1).clamp(-1.0, 1.0) if a.numel() else torch.ones(1, dtype=torch.float64)
+    cos = F.cosine_similarity(a, b, dim=-1).clamp(-1.0, 1.0)
+    cos = torch.where((a == b).all(-1), torch.ones_like(cos), cos)  # identical rows: exactly 1, not 1 − 1 ulp
+    if not cos.numel():
+        cos = torch.ones(1, dtype=torch.float64)
     clf_b = (classifier if other_classifier is None else other_classifier).double()
     flips = (F.normalize(a, dim=-1) @ classifier.double()).argmax(-1) != (F.normalize(b, dim=-1) @ clf_b).argmax(-1)
     return {"n": int(a.shape[0]), "max_abs_diff": float((a - b).abs().max()) if a.numel() else 0.0,

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from qclip.spectral.weights import (layer_eigenvalues, layer_statistics, powerlaw_alpha, powerlaw_alpha_ww,
-                                    svdvals_batched)
+from qclip.spectral.weights import (layer_eigenvalues, layer_spectra_batched, layer_statistics, powerlaw_alpha,
+                                    powerlaw_alpha_ww, svdvals_batched)
 
 RTOL = 1e-9  # agreement with WeightWatcher (alpha, xmin, D)
 
@@ -202,3 +202,34 @@ def test_fit_matches_weightwatcher_wwfit_on_eigenvalues(ww, n):
         ours = powerlaw_alpha_ww(torch.from_numpy(lam), eigenvalues=True, min_evals=0)
         assert ours["alpha"] == pytest.approx(ref.alpha, rel=RTOL) and ours["xmin"] == ref.xmin
         assert ours["ks"] == pytest.approx(ref.D, rel=RTOL)
+
+
+def test_layer_spectra_share_one_float64_gram_decomposition():
+    """σ of the flattened matrix and the WeightWatcher ESD from `layer_spectra_batched`, against numpy float64 SVDs.
+
+    Gram eigenvalues carry an absolute error of about n·eps64·σ_max², so σ_i is within n·eps64·σ_max²/σ_i of the SVD's
+    (relative 1e-12 here: these random matrices have σ_min/σ_max ≥ ~0.01; a bound of 1e-10 leaves room)."""
+    g = torch.Generator().manual_seed(5)
+    weights = [torch.randn(48, 20, generator=g), torch.randn(20, 48, generator=g), torch.randn(24, 24, generator=g) + 3,
+               torch.randn(16, 8, 3, 3, generator=g), torch.randn(12, 6, 1, 1, generator=g)]
+    for w, (sigma, esd) in zip(weights, layer_spectra_batched(weights)):
+        ref = np.linalg.svd(w.reshape(w.shape[0], -1).double().numpy(), compute_uv=False)
+        assert sigma.dtype == torch.float64 and esd.dtype == torch.float64
+        np.testing.assert_allclose(sigma.numpy(), ref, rtol=1e-10)
+        np.testing.assert_allclose(esd.numpy(), layer_eigenvalues(w).numpy(), rtol=1e-10)
+        if w.dim() == 2:  # a linear map's ESD is σ², from the same decomposition
+            assert torch.equal(esd, sigma ** 2) or np.allclose(esd.numpy(), sigma.numpy() ** 2, rtol=1e-15)
+
+
+def test_spectra_paths_give_weightwatchers_alpha(ww):
+    """Both `qclip spectrum` paths (--svd gram: shared float64 Gram; --svd svd: float32 σ + float64 Gram ESD) fit
+    WeightWatcher's alpha on the ESD, so alpha agrees with the package to RTOL either way."""
+    from qclip.experiments.analysis import FpWeights, weight_spectra
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.Conv2d(8, 16, 3), torch.nn.Linear(96, 40))
+    rows = {m: {r["layer"]: r for r in weight_spectra(FpWeights(model, method=m), None)[0]} for m in ("gram", "svd")}
+    for name, layer in (("0", model[0]), ("1", model[1]), ("2", model[2])):
+        ref = float(_ww_row(ww, layer).alpha)
+        for method in ("gram", "svd"):
+            assert rows[method][name]["fp_alpha"] == pytest.approx(ref, rel=RTOL)
