@@ -75,12 +75,12 @@ def spectra(weights: list[torch.Tensor], path: str) -> list[tuple[torch.Tensor, 
 
 def qclip_spectra(weights: list[torch.Tensor], path: str) -> tuple[list[dict], dict]:
     """All spectra with statistics; returns the statistics and the seconds spent in decompositions and fits."""
-    from qclip.spectral.weights import layer_statistics
+    from qclip.spectral.weights import layer_statistics_batched
 
     t0 = time.perf_counter()
     pairs = spectra(weights, path)
     t1 = time.perf_counter()
-    stats = [layer_statistics(s, esd=e) for s, e in pairs]
+    stats = layer_statistics_batched(pairs)
     return stats, {"decompose": t1 - t0, "fit": time.perf_counter() - t1}
 
 

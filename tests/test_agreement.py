@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-
 from qclip.evals.agreement import feature_agreement
 
 

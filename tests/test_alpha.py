@@ -15,9 +15,14 @@ import warnings
 import numpy as np
 import pytest
 import torch
-
-from qclip.spectral.weights import (layer_eigenvalues, layer_spectra_batched, layer_statistics, powerlaw_alpha,
-                                    powerlaw_alpha_ww, svdvals_batched)
+from qclip.spectral.weights import (
+    layer_eigenvalues,
+    layer_spectra_batched,
+    layer_statistics,
+    powerlaw_alpha,
+    powerlaw_alpha_ww,
+    svdvals_batched,
+)
 
 RTOL = 1e-9  # agreement with WeightWatcher (alpha, xmin, D)
 

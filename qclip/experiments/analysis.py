@@ -26,7 +26,7 @@ from qclip.spectral.weights import (
     error_energy_split,
     layer_eigenvalues_batched,
     layer_spectra_batched,
-    layer_statistics,
+    layer_statistics_batched,
     svdvals_batched,
 )
 
@@ -85,12 +85,14 @@ def weight_spectra(fp: FpWeights, other: torch.nn.Module | None, *,
         w_q = [effective_weight(other.get_submodule(name)) for name in fp.maps]
         s_q, e_q = _spectra(w_q, fp.method)
     layers, sigmas = [], []
-    for (name, m), ef, wq, sq, eq in zip(fp.maps.items(), e_fp, w_q, s_q, e_q):
+    fp_stats = layer_statistics_batched(list(zip(fp.sigmas.values(), e_fp)))
+    q_stats = layer_statistics_batched(list(zip(s_q, e_q))) if other is not None else [None] * len(fp.maps)
+    for (name, m), wq, sq, st_fp, st_q in zip(fp.maps.items(), w_q, s_q, fp_stats, q_stats):
         wf, sf = fp.weights[name], fp.sigmas[name]
         row = {"layer": name, "tower": m.tower, "role": m.role, "shape": "x".join(map(str, m.shape))}
-        row.update({f"fp_{k}": v for k, v in layer_statistics(sf, esd=ef).items()})
+        row.update({f"fp_{k}": v for k, v in st_fp.items()})
         if sq is not None:
-            row.update({f"q_{k}": v for k, v in layer_statistics(sq, esd=eq).items()})
+            row.update({f"q_{k}": v for k, v in st_q.items()})
             k = max(1, int(top_fraction * sf.numel()))
             row.update({f"err_{k2}": v for k2, v in error_energy_split(wf, wq.float().cpu(), k).items()})
             ratio = damping_ratio(sf, sq)
