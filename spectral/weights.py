@@ -20,7 +20,7 @@ Definitions (σ sorted descending, p_i = σ_i² / Σσ²):
   WeightWatcher's number: the different xmin rule moves alpha a little on most layers and by tens on some.
 WeightWatcher's alpha is reproduced to rounding only from float64 eigenvalues: float32 singular values move small
 eigenvalues enough to change the chosen xmin on some layers. They come from the float64 Gram matrix (not
-WeightWatcher's float64 SVD: 2-5x cheaper, and within eps64·σ_max² of it), and `layer_spectra_batched` takes a
+WeightWatcher's float64 SVD: about 2x cheaper per 768x768 matrix, and within ~n·eps64·σ_max² of it), and `layer_spectra_batched` takes a
 linear map's σ from the same decomposition (see docs/performance.md).
 """
 
@@ -191,8 +191,8 @@ def layer_eigenvalues(weight: torch.Tensor, *, conv2d_norm: bool = True) -> torc
     (kh·kw·min(out, in) values) and, with `conv2d_norm` (WeightWatcher's default), halved — WeightWatcher 0.7.7
     scales every slice by sqrt(1/2). As in WeightWatcher the weight is rounded to float32 and then decomposed in
     float64 (float32 singular values shift small eigenvalues enough to move the fitted xmin on some layers); the
-    eigenvalues come from the float64 Gram matrix WᵀW (or WWᵀ, the smaller), about 2-5x faster than WeightWatcher's
-    float64 SVD, within eps64·σ_max² of it in absolute terms (which leaves alpha within 1e-9 of WeightWatcher's). Feed
+    eigenvalues come from the float64 Gram matrix WᵀW (or WWᵀ, the smaller), about 2x cheaper than a float64 SVD
+    per 768x768 matrix, within eps64·σ_max² of it in absolute terms (which leaves alpha within 1e-9 of WeightWatcher's). Feed
     the result to `powerlaw_alpha_ww(..., eigenvalues=True)` or `layer_statistics(s, esd=...)`.
     """
     return layer_eigenvalues_batched([weight], conv2d_norm=conv2d_norm)[0]
