@@ -20,8 +20,8 @@ Definitions (σ sorted descending, p_i = σ_i² / Σσ²):
   WeightWatcher's number: the different xmin rule moves alpha a little on most layers and by tens on some.
 WeightWatcher's alpha is reproduced to rounding only from float64 eigenvalues: float32 singular values move small
 eigenvalues enough to change the chosen xmin on some layers. They come from the float64 Gram matrix (not
-WeightWatcher's float64 SVD: about 2x cheaper per 768x768 matrix, and within ~n·eps64·σ_max² of it), and `layer_spectra_batched` takes a
-linear map's σ from the same decomposition (see docs/performance.md).
+WeightWatcher's float64 SVD: about 2x cheaper per 768x768 matrix, and within ~n·eps64·σ_max² of it), and
+`layer_spectra_batched` takes a linear map's σ from the same decomposition (see docs/performance.md).
 """
 
 from __future__ import annotations
