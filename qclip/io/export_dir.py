@@ -29,7 +29,7 @@ from torch import nn
 from .checkpoints import LoadedModel, load_error_reason, load_open_clip_folder, save_open_clip_dir
 from .errors import ConfigError, ModelLoadError
 from .integrity import file_digest
-from .paths import atomic_write_bytes, atomic_write_text, output_error
+from .paths import atomic_write_bytes, atomic_write_text, output_errors
 
 __all__ = ["EXPORT_MANIFEST", "INT_WEIGHTS_FILE", "FLOAT_DIR", "ExportManifest", "export_dir_of", "check_export_target",
            "save_export_dir", "read_export_manifest", "verify_export_dir", "load_export_dir"]
@@ -141,43 +141,33 @@ def save_export_dir(model: nn.Module, spec, folder: str | os.PathLike, *, model_
     work = copy.deepcopy(model).cpu().eval()
     tensors, entries = integer_tensors(work, spec, w_bits=w_bits)
     plain = convert_qat_(work)
-    try:
+    with output_errors(folder):
         folder.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale(folder)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}{_TMP_TAG}", dir=folder.parent))
-    except OSError as exc:
-        err = output_error(folder, exc)
-        if err is exc:
+    with output_errors(folder):
+        try:
+            save_open_clip_dir(plain, model_cfg, tmp / FLOAT_DIR, preprocess_cfg)
+            if tensors:
+                atomic_write_bytes(tmp / INT_WEIGHTS_FILE,
+                                   save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}))
+            files = {p.relative_to(tmp).as_posix(): file_digest(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+            vnni = cpu_int8_vnni()
+            cpu = int8_features()  # the CPU this export was checked on; the advice follows its int8 path
+            advice = int8_advice(cpu["int8_path"], len(_int16_unsafe(entries)), getattr(spec, "a_bits", None))
+            notes = [advice] if advice else []
+            manifest = ExportManifest(
+                format=EXPORT_FORMAT, spec=None if spec is None else str(spec), source=source or {}, float=FLOAT_DIR,
+                int_weights=INT_WEIGHTS_FILE if tensors else None, summary=_summary(entries, list_linear_maps(plain)),
+                maps=entries, files=files,
+                exported_on={"cpu_capability": torch.backends.cpu.get_cpu_capability(), "vnni": vnni,
+                             "onednn_int8": onednn_int8_available()},
+                cpu_features=cpu, notes=notes, versions=versions())
+            atomic_write_text(tmp / EXPORT_MANIFEST, json.dumps(manifest, indent=2, allow_nan=False) + "\n")
+            _swap_in(tmp, folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
             raise
-        raise err from exc
-    try:
-        save_open_clip_dir(plain, model_cfg, tmp / FLOAT_DIR, preprocess_cfg)
-        if tensors:
-            atomic_write_bytes(tmp / INT_WEIGHTS_FILE,
-                               save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}))
-        files = {p.relative_to(tmp).as_posix(): file_digest(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
-        vnni = cpu_int8_vnni()
-        cpu = int8_features()  # the CPU this export was checked on; the advice follows its int8 path
-        advice = int8_advice(cpu["int8_path"], len(_int16_unsafe(entries)), getattr(spec, "a_bits", None))
-        notes = [advice] if advice else []
-        manifest = ExportManifest(
-            format=EXPORT_FORMAT, spec=None if spec is None else str(spec), source=source or {}, float=FLOAT_DIR,
-            int_weights=INT_WEIGHTS_FILE if tensors else None, summary=_summary(entries, list_linear_maps(plain)),
-            maps=entries, files=files,
-            exported_on={"cpu_capability": torch.backends.cpu.get_cpu_capability(), "vnni": vnni,
-                         "onednn_int8": onednn_int8_available()},
-            cpu_features=cpu, notes=notes, versions=versions())
-        atomic_write_text(tmp / EXPORT_MANIFEST, json.dumps(manifest, indent=2, allow_nan=False) + "\n")
-        _swap_in(tmp, folder)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        err = output_error(folder, exc)
-        if err is exc:
-            raise
-        raise err from exc
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 

@@ -41,13 +41,8 @@ def cache_dir(*parts: str) -> Path:
         xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         root = os.path.join(xdg, "qclip")
     path = Path(root, *parts)
-    try:
+    with output_errors(path):
         path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        err = output_error(path, exc)
-        if err is exc:
-            raise
-        raise err from exc
     return path
 
 
@@ -79,6 +74,19 @@ def output_error(path: str | os.PathLike, exc: OSError) -> Exception:
     return exc
 
 
+@contextlib.contextmanager
+def output_errors(path: str | os.PathLike) -> Iterator[None]:
+    """Inside the block, an OSError the place is at fault for (full disk, read-only, ...) becomes the one-line
+    `QclipInputError` of `output_error` naming `path`; any other error propagates as it is."""
+    try:
+        yield
+    except OSError as exc:
+        err = output_error(path, exc)
+        if err is exc:
+            raise
+        raise err from exc
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` via a temp file in the same folder and `os.replace`, so readers never see half a file;
     the file is fsynced before the rename and its folder after it, so a crash leaves the old or the new file.
@@ -87,26 +95,21 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     one-line `QclipInputError` and leaves neither the temp file nor a partial `path`."""
     path = Path(path)
     tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-        tmp = None
-        _fsync_dir(path.parent)
-    except OSError as exc:
-        _discard(tmp)
-        err = output_error(path, exc)
-        if err is exc:
+    with output_errors(path):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, file_mode())
+            os.replace(tmp, path)
+            tmp = None
+            _fsync_dir(path.parent)
+        except BaseException:
+            _discard(tmp)
             raise
-        raise err from exc
-    except BaseException:
-        _discard(tmp)
-        raise
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -195,25 +198,16 @@ def staged_output_dir(target: str | os.PathLike) -> Iterator[Path]:
     else the temp folder is removed. A run that fails half-way thus leaves `target` as it was."""
     target = Path(target)
     base = _existing_ancestor(target.parent if not target.exists() else target)
-    try:
+    with output_errors(target):
         stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.qclip-stage-", dir=base))
-    except OSError as exc:
-        err = output_error(target, exc)
-        if err is exc:
-            raise
-        raise err from exc
     try:
-        yield stage
-        target.mkdir(parents=True, exist_ok=True)
-        for path in sorted(stage.rglob("*")):
-            if path.is_file():
-                dest = target / path.relative_to(stage)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(path, dest)
-    except OSError as exc:
-        err = output_error(target, exc)
-        if err is exc:
-            raise
-        raise err from exc
+        with output_errors(target):
+            yield stage
+            target.mkdir(parents=True, exist_ok=True)
+            for path in sorted(stage.rglob("*")):
+                if path.is_file():
+                    dest = target / path.relative_to(stage)
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(path, dest)
     finally:
         shutil.rmtree(stage, ignore_errors=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from .errors import QclipInputError
-from .paths import output_error
+from .paths import output_errors
 
 __all__ = ["config_hash", "ResultsStore"]
 
@@ -83,17 +83,12 @@ class ResultsStore:
             raise ValueError("a record needs a 'hash' (see config_hash)")
         line = json.dumps({**record, "written_at": record.get("written_at", time.time())}, allow_nan=False,
                           sort_keys=True) + "\n"
-        try:
+        with output_errors(self.path):
             self.path.parent.mkdir(parents=True, exist_ok=True)  # only now: a run that fails first leaves no folder
             with self._lock:
                 if record["hash"] in self.done():
                     return False
                 self._write_line(line.encode("utf-8"))
-        except OSError as exc:
-            err = output_error(self.path, exc)
-            if err is exc:
-                raise
-            raise err from exc
         return True
 
     def _write_line(self, data: bytes) -> None:
