@@ -13,27 +13,35 @@ from __future__ import annotations
 from qclip.io.records import CellRecord
 
 from .cells import cell_of, group_of, num
+from .findings import p_text
 
 __all__ = ["dose_response_section"]
 
 
-def _ci(d: dict | None, digits: int = 4) -> str:
-    """`+0.0012 [−0.0010, +0.0034] p 0.210` of a paired difference ('—' when absent)."""
+def _number(x: float, signed: bool = False) -> str:
+    """4 decimals, or 3 significant digits for magnitudes below 1e-3 (a feature tail of 5e-4 must not read 0.0005
+    with a difference of +0.0000)."""
+    sign = "+" if signed else ""
+    return f"{x:{sign}.2e}" if x != 0 and abs(x) < 1e-3 else f"{x:{sign}.4f}"
+
+
+def _ci(d: dict | None) -> str:
+    """`+0.0012 [-0.0010, +0.0034] p 0.21` of a paired difference ('—' when absent); p as the findings write it."""
     if not d or num(d.get("diff")) is None:
         return "—"
-    text = f"{d['diff']:+.{digits}f}"
+    text = _number(d["diff"], signed=True)
     if None not in (num(d.get("low")), num(d.get("high"))):
-        text += f" [{d['low']:+.{digits}f}, {d['high']:+.{digits}f}]"
-    return text + (f" p {d['p']:.3f}" if num(d.get("p")) is not None else "")
+        text += f" [{_number(d['low'], signed=True)}, {_number(d['high'], signed=True)}]"
+    return text + (f" p {p_text(d['p'])}" if num(d.get("p")) is not None else "")
 
 
-def _value(d: dict | None, digits: int = 4) -> str:
+def _value(d: dict | None) -> str:
     """`0.1234 [0.1200, 0.1300]` of a value with its interval ('—' when absent)."""
     if not d or num(d.get("value")) is None:
         return "—"
-    text = f"{d['value']:.{digits}f}"
+    text = _number(d["value"])
     if None not in (num(d.get("low")), num(d.get("high"))):
-        text += f" [{d['low']:.{digits}f}, {d['high']:.{digits}f}]"
+        text += f" [{_number(d['low'])}, {_number(d['high'])}]"
     return text
 
 
