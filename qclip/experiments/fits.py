@@ -183,10 +183,13 @@ def _weighted_tail(k):
     return tail
 
 
-def feature_target(feats: torch.Tensor, k, *, n_boot: int, seed: int, base: torch.Tensor | None = None) -> dict:
+def feature_target(feats: torch.Tensor, k, *, n_boot: int, seed: int, base: torch.Tensor | None = None,
+                   test_boot: int | None = None) -> dict:
     """Energy share beyond rank k of the centred features [N, D] with a percentile bootstrap interval over images
-    ({"value", "low", "high", "n"}), and with `base` (the λ = 0 fit's features of the same images) the paired
-    bootstrap test of the difference ({"diff", "low", "high", "p", "se", ...}; p = (k + 1)/(B + 1))."""
+    ({"value", "low", "high", "n"}; `n_boot` resamples), and with `base` (the λ = 0 fit's features of the same
+    images) the paired bootstrap test of the difference ({"diff", "low", "high", "p", "se", ...}; p = (k + 1)/(B + 1)
+    with B = `test_boot`, default `n_boot`). Each resample is an eigendecomposition, so B is kept to what the
+    interval and the dose family need, not the ECE family's."""
     from qclip.evals.metrics import bootstrap_ci, paired_bootstrap
 
     tail = _tail(k)
@@ -194,7 +197,8 @@ def feature_target(feats: torch.Tensor, k, *, n_boot: int, seed: int, base: torc
     if n_boot > 0:
         out["low"], out["high"] = bootstrap_ci(tail, feats, n_boot=n_boot, seed=seed)
         if base is not None:
-            out["vs_base"] = paired_bootstrap(_weighted_tail(k), (feats.T,), (base.T,), n_boot=n_boot, seed=seed)
+            out["vs_base"] = paired_bootstrap(_weighted_tail(k), (feats.T,), (base.T,), n_boot=test_boot or n_boot,
+                                              seed=seed)
     elif base is not None:
         out["vs_base"] = {"diff": out["value"] - tail(base), "low": None, "high": None, "p": None}
     return out
@@ -228,6 +232,15 @@ def weight_target(model: torch.nn.Module, k, *, n_boot: int, seed: int) -> dict 
     return out
 
 
+def dose_resamples(cfg: GridConfig) -> int:
+    """Resamples of the feature-target tests: the grid's `bootstrap`, raised so the p floor 1/(B + 1) can resolve
+    the family of the grid's λ > 0 fits (`min_resamples`), which no other test shares."""
+    from qclip.evals.metrics import min_resamples
+
+    doses = sum(lam > 0 for entry in cfg.fit for lam in entry.spectral_lambda) * len(cfg.seeds) * len(cfg.models)
+    return max(cfg.bootstrap, min_resamples(doses)) if doses and cfg.bootstrap > 0 else cfg.bootstrap
+
+
 def fit_summary(cfg: GridConfig, cell: Cell, path: Path, feats: torch.Tensor, variant: LoadedModel, *,
                 base: tuple[LoadedModel, str, torch.Tensor] | None, suite: ReliabilitySuite, key: str,
                 n_boot: int) -> dict:
@@ -237,8 +250,8 @@ def fit_summary(cfg: GridConfig, cell: Cell, path: Path, feats: torch.Tensor, va
     meta = torch.load(path, map_location="cpu", weights_only=True).get("qclip_fit") or {}
     out = {**entry.settings(lam), "seed": cell.seed, "baseline": entry.variant(0.0),
            "cache_key": path.stem, "train": meta,
-           "feature_target": feature_target(feats, entry.spectral_k, n_boot=n_boot, seed=cell.seed,
-                                            base=None if base is None else base[2]),
+           "feature_target": feature_target(feats, entry.spectral_k, n_boot=cfg.bootstrap, seed=cell.seed,
+                                            base=None if base is None else base[2], test_boot=dose_resamples(cfg)),
            "weight_target": None, "vs_base": None}
     if entry.spectral_on in ("weights", "both"):
         out["weight_target"] = weight_target(variant.model, entry.spectral_k, n_boot=cfg.bootstrap, seed=cell.seed)
